@@ -1,0 +1,673 @@
+"""The ASGI middleware: one request span up to the first body byte, one stream span after.
+
+Choices made on purpose (read before "fixing"):
+
+* **Where the first byte is.** ``http.response.start`` carries headers only; Starlette
+  sends it before the first token exists, so it is not the first byte. The first byte is
+  the first body message with a non-empty body. For ``text/event-stream`` a chunk that
+  holds only comments (``: ping``) or no ``data`` line is not it either: sse-starlette
+  pings while the model is still thinking. The time of the first raw byte is kept as
+  ``http.stream.time_to_first_raw_byte`` on the request span.
+* **How a disconnect is seen.** uvicorn's ``send`` returns silently after the client
+  left, and Starlette's ``StreamingResponse`` then finishes normally, so ``send`` alone
+  cannot tell a disconnect. Once the app has read the whole request body (or has started
+  its response), a watcher task reads the server's ``receive`` on the app's behalf and
+  hands every message it gets to the app, in order, on the app's next ``receive``:
+  nothing is stolen (hypercorn delivers each message only once) and the app that never
+  calls ``receive`` again is covered too. The watcher never holds more than one request
+  body chunk, so uploads keep their backpressure. It needs asyncio; under trio the
+  middleware asks ``receive`` once, without waiting, when the app returns early.
+* **Nothing per chunk.** A 2,000-token answer is 2,000 body messages. Per message the
+  middleware does a clock read, a few integer adds and the awaited ``send``; spans and
+  metrics are touched at the first byte and at the end only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from time import perf_counter, time_ns
+from typing import Any
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.instrumentation._semconv import _StabilityMode
+from opentelemetry.instrumentation.asgi import (
+    asgi_getter,
+    collect_request_attributes,
+    get_host_port_url_tuple,
+)
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.util.http import sanitize_method
+
+from otel_stream import telemetry as t
+from otel_stream import termination
+from otel_stream.config import Settings
+from otel_stream.payloads import PayloadReader, PayloadSummary, make_reader
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+ServerRequestHook = Callable[[Span, Scope], None]
+
+logger = logging.getLogger("otel_stream")
+
+#: Set in the scope of an instrumented request, so an app is never instrumented twice.
+SCOPE_KEY = "otel_stream.instrumented"
+
+_BODY = "http.response.body"
+_START = "http.response.start"
+_TRAILERS = "http.response.trailers"
+_ZEROCOPY = "http.response.zerocopysend"
+_PATHSEND = "http.response.pathsend"
+_DISCONNECT = "http.disconnect"
+_STREAMING_TYPES = (b"text/event-stream", b"application/x-ndjson", b"application/jsonl")
+
+
+class StreamingMiddleware:
+    """Trace and measure streaming HTTP responses, split at the first body byte.
+
+    Args:
+        app: The ASGI application to wrap.
+        tracer_provider: Tracer provider to use; the global one if omitted.
+        meter_provider: Meter provider to use; the global one if omitted.
+        server_request_hook: Called with the request span and the scope when a request
+            starts; an exception it raises is logged once and ignored.
+        **options: The settings of docs/configuration.md (``enabled``,
+            ``excluded_urls``, ``ttfb_buckets``, ``duration_buckets``, ``gap_buckets``,
+            ``chunks_buckets``, ``body_size_buckets``,
+            ``time_per_output_token_buckets``, ``payloads``,
+            ``payload_max_event_bytes``, ``accel_buffering_header``,
+            ``cancel_on_disconnect``); each falls back to its ``OTEL_STREAM_*``
+            variable, then to its default.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        server_request_hook: ServerRequestHook | None = None,
+        **options: Any,
+    ) -> None:
+        self.app = app
+        self.settings = Settings.from_options(**options)
+        self.server_request_hook = server_request_hook
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self._active = self.settings.enabled
+        try:
+            self.tracer = t.get_tracer(tracer_provider)
+            self.instruments = t.Instruments(t.get_meter(meter_provider), self.settings)
+        except Exception as error:
+            t.log_failure("setup", error)
+            self._active = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._active or SCOPE_KEY in scope:
+            await self.app(scope, receive, send)
+            return
+        scope[SCOPE_KEY] = True
+        try:
+            url = get_host_port_url_tuple(scope)[2]  # type: ignore[no-untyped-call]
+            excluded = self.settings.excluded_urls.url_disabled(url)
+            exchange = None if excluded else _Exchange(self, scope, receive, send)
+        except Exception as error:
+            t.log_failure("request start", error)
+            exchange = None
+        if exchange is None:
+            await self.app(scope, receive, send)
+        else:
+            await exchange.run()
+
+
+def route_of(scope: Scope) -> str | None:
+    """The route template of Starlette/FastAPI (``scope["route"]``) or Litestar."""
+    route = scope.get("route")
+    if route is not None:
+        if type(route).__name__ == "Mount":
+            return str(scope.get("root_path") or "/")
+        path_format = getattr(route, "path_format", None)
+        if isinstance(path_format, str):
+            return str(scope.get("root_path", "")).rstrip("/") + path_format or "/"
+    template = scope.get("path_template")
+    return template if isinstance(template, str) else None
+
+
+def sse_chunk_has_event(body: bytes) -> bool:
+    """False when an SSE chunk holds only comments or fields other than ``data``."""
+    if not body.endswith((b"\n", b"\r")):
+        return True  # an unfinished line may be the start of a data field
+    return any(line == b"data" or line.startswith(b"data:") for line in body.splitlines())
+
+
+def _is_disconnect_error(error: BaseException) -> bool:
+    return type(error).__name__ in ("ClientDisconnect", "ClientDisconnected")
+
+
+class _Exchange:
+    """The state of one instrumented request, from receipt to the end of its body."""
+
+    def __init__(
+        self, middleware: StreamingMiddleware, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        self.middleware = middleware
+        self.app = middleware.app
+        self.instruments = middleware.instruments
+        self.scope = scope
+        self.server_receive = receive
+        self.server_send = send
+        self.started_at = perf_counter()
+        self.started_at_ns = time_ns()
+
+        # Response state.
+        self.status: int | None = None
+        self.streaming = False  # the first byte went out with more_body=True
+        self.sse = False
+        self.trailers_expected = False
+        self.body_complete = False
+        self.response_complete = False
+        self.first_byte_at: float | None = None
+        self.first_raw_byte_at: float | None = None
+        self.ended_at: float | None = None
+        # Hot-path counters.
+        self.chunks = 0
+        self.bytes = 0
+        self.last_chunk_at = 0.0
+        self.max_chunk_gap = 0.0
+        self.send_wait = 0.0
+        self.reader: PayloadReader | None = None
+        # Disconnect detection.
+        self.disconnected_at: float | None = None
+        self.disconnect_chunks = 0
+        self.disconnect_bytes = 0
+        self.send_failed = False
+        self.request_body_complete = False
+        self.app_receiving = 0
+        self.watcher: asyncio.Task[None] | None = None
+        self.inbox: collections.deque[Message] = collections.deque()
+        self.inbox_changed: asyncio.Event | None = None
+        self.app_task: asyncio.Task[Any] | None = None
+
+        raw_method = str(scope.get("method", "")).strip()
+        method = sanitize_method(raw_method) or "_OTHER"
+        self.method = "HTTP" if method == "_OTHER" else method
+        self.route: str | None = None
+        self.metric_attributes: dict[str, Any] = {t.HTTP_REQUEST_METHOD: method}
+        if scope.get("scheme"):
+            self.metric_attributes[t.URL_SCHEME] = scope["scheme"]
+        if scope.get("http_version"):
+            self.metric_attributes[t.NETWORK_PROTOCOL_VERSION] = scope["http_version"]
+        self.active_attributes: dict[str, Any] = {
+            t.HTTP_REQUEST_METHOD: method,
+            t.PHASE: termination.PHASE_WAITING,
+        }
+
+        attributes: dict[str, Any] = collect_request_attributes(  # type: ignore[no-untyped-call]
+            scope, _StabilityMode.HTTP
+        )
+        attributes.pop("url.query", None)  # query values never reach telemetry
+        server_address = attributes.get("server.address")
+        if isinstance(server_address, str) and server_address.count(":") == 1:
+            attributes["server.address"] = server_address.rsplit(":", 1)[0]
+        attributes[t.HTTP_REQUEST_METHOD] = method
+
+        parent = context.get_current()
+        kind = SpanKind.SERVER
+        if trace.get_current_span(parent).get_span_context().is_valid:
+            kind = SpanKind.INTERNAL  # an outer server span already owns this request
+        else:
+            parent = propagate.extract(scope, getter=asgi_getter)  # type: ignore[misc]
+        self.span_name = self.method
+        self.request_span = middleware.tracer.start_span(
+            self.span_name,
+            context=parent,
+            kind=kind,
+            attributes=attributes,
+            start_time=self.started_at_ns,
+        )
+        self.stream_span: Span | None = None
+        self.context = trace.set_span_in_context(self.request_span, parent)
+        self.instruments.active.add(1, self.active_attributes)
+        hook = middleware.server_request_hook
+        if hook is not None:
+            try:
+                hook(self.request_span, scope)
+            except Exception as error:
+                t.log_failure("server_request_hook", error)
+
+    # The app's view of the connection ------------------------------------------------
+
+    async def run(self) -> None:
+        token = context.attach(self.context)
+        try:
+            self.app_task = asyncio.current_task()
+        except RuntimeError:  # not asyncio (trio): no watcher, see the module docstring
+            self.app_task = None
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except BaseException as error:
+            self.stop_watcher()
+            self.finish(error)
+            raise
+        else:
+            self.stop_watcher()
+            if not self.response_complete and self.disconnected_at is None:
+                await self.poll_disconnect()
+            self.finish(None)
+        finally:
+            context.detach(token)
+
+    async def send(self, message: Message) -> None:
+        if self.streaming and message["type"] == _BODY:
+            # The hot path: one clock read before and one after the awaited send.
+            body = message.get("body", b"")
+            size = len(body)
+            now = perf_counter()
+            if size:
+                gap = now - self.last_chunk_at
+                if gap > self.max_chunk_gap:
+                    self.max_chunk_gap = gap
+                self.last_chunk_at = now
+                self.chunks += 1
+                self.bytes += size
+                if self.reader is not None:
+                    self.reader.feed(body)
+            more_body = message.get("more_body", False)
+            try:
+                await self.server_send(message)
+            except BaseException:
+                self.send_failed = True
+                raise
+            self.send_wait += perf_counter() - now
+            if not more_body:
+                self.body_ended()
+            return
+        await self.send_other(message)
+
+    async def send_other(self, message: Message) -> None:
+        """Every message but a streaming body chunk: headers, first byte, trailers."""
+        kind = message.get("type")
+        now = perf_counter()
+        first_byte = False
+        final = False
+        if kind == _START:
+            message = self.response_started(message)
+            self.watch_for_disconnect()
+        elif kind in (_BODY, _ZEROCOPY, _PATHSEND) and not self.body_complete:
+            if kind == _PATHSEND:  # a whole file: its size is not known without I/O
+                size, counted, final = 1, 0, True
+            elif kind == _ZEROCOPY:
+                counted = int(message.get("count") or 0)
+                size = counted or 1
+                final = not message.get("more_body", False)
+            else:
+                body = message.get("body", b"")
+                size = counted = len(body)
+                final = not message.get("more_body", False)
+                if size and self.reader is not None:
+                    self.reader.feed(body)
+            if size:
+                if self.first_raw_byte_at is None:
+                    self.first_raw_byte_at = now
+                self.chunks += 1
+                self.bytes += counted
+                self.last_chunk_at = now
+                first_byte = final or not self.sse or sse_chunk_has_event(message["body"])
+            elif final:
+                first_byte = True  # an empty response: complete is as good as first byte
+        try:
+            await self.server_send(message)
+        except BaseException:
+            self.send_failed = True
+            raise
+        if first_byte:
+            self.send_wait += perf_counter() - now
+            self.first_byte(now, final)
+        if kind == _TRAILERS and not message.get("more_trailers", False):
+            self.response_complete = True
+            self.ended_at = perf_counter()
+        elif final:
+            self.body_ended()
+
+    async def receive(self) -> Message:
+        if self.watcher is not None:
+            return await self.receive_from_watcher()
+        self.app_receiving += 1
+        try:
+            message = await self.server_receive()
+        finally:
+            self.app_receiving -= 1
+        self.observe(message)
+        if self.request_body_complete:
+            self.watch_for_disconnect()
+        return message
+
+    # Disconnect detection ------------------------------------------------------------
+
+    def observe(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "http.request":
+            if not message.get("more_body", False):
+                self.request_body_complete = True
+        elif kind == _DISCONNECT:
+            self.disconnected()
+
+    def disconnected(self) -> None:
+        if self.disconnected_at is None and not self.response_complete:
+            self.disconnected_at = perf_counter()
+            self.disconnect_chunks = self.chunks
+            self.disconnect_bytes = self.bytes
+
+    def watch_for_disconnect(self) -> None:
+        """Start the watcher, unless the app is reading ``receive`` itself right now."""
+        if (
+            self.watcher is not None
+            or self.app_task is None
+            or self.app_receiving
+            or self.disconnected_at is not None
+            or self.response_complete
+        ):
+            return
+        try:
+            self.inbox_changed = asyncio.Event()
+            self.watcher = asyncio.get_running_loop().create_task(self.watch())
+        except Exception as error:
+            t.log_failure("disconnect watcher", error)
+
+    async def watch(self) -> None:
+        assert self.inbox_changed is not None
+        try:
+            while True:
+                message = await self.server_receive()
+                self.inbox.append(message)
+                self.inbox_changed.set()
+                kind = message.get("type")
+                if kind == _DISCONNECT:
+                    self.disconnected()
+                    settings = self.middleware.settings
+                    if (
+                        settings.cancel_on_disconnect
+                        and self.app_task
+                        and not self.response_complete
+                    ):
+                        self.app_task.cancel()
+                    return
+                if kind == "http.request" and message.get("more_body", False):
+                    while self.inbox:  # hold at most one body chunk: keep upload backpressure
+                        self.inbox_changed.clear()
+                        await self.inbox_changed.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            t.log_failure("disconnect watcher", error)
+
+    async def receive_from_watcher(self) -> Message:
+        event = self.inbox_changed
+        assert event is not None
+        while not self.inbox:
+            if self.watcher is None or self.watcher.done():
+                if self.disconnected_at is not None or self.response_complete:
+                    return {"type": _DISCONNECT}
+                return await self.server_receive()
+            event.clear()
+            await event.wait()
+        message = self.inbox.popleft()
+        event.set()
+        if message.get("type") == "http.request" and not message.get("more_body", False):
+            self.request_body_complete = True
+        return message
+
+    def stop_watcher(self) -> None:
+        watcher = self.watcher
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+
+    async def poll_disconnect(self) -> None:
+        """The app returned without finishing its response: did the client leave?"""
+        if self.app_task is not None and self.watcher is not None:
+            return  # the watcher has been listening all along
+        try:
+            if self.app_task is not None:
+                message = await asyncio.wait_for(self.server_receive(), 0.01)
+            else:
+                try:
+                    import anyio
+                except ImportError:
+                    return
+                message = None
+                with anyio.move_on_after(0.01):
+                    message = await self.server_receive()
+            if message is not None:
+                self.observe(message)
+        except (asyncio.TimeoutError, TimeoutError):
+            pass
+        except Exception as error:
+            t.log_failure("disconnect poll", error)
+
+    # Span and metric updates, each at most once per exchange --------------------------
+
+    def response_started(self, message: Message) -> Message:
+        try:
+            self.status = int(message.get("status", 200))
+            content_type = b""
+            has_accel = False
+            for name, value in message.get("headers") or ():
+                lowered = bytes(name).lower()
+                if lowered == b"content-type":
+                    content_type = bytes(value).lower()
+                elif lowered == b"x-accel-buffering":
+                    has_accel = True
+            self.sse = content_type.startswith(b"text/event-stream")
+            self.trailers_expected = bool(message.get("trailers", False))
+            settings = self.middleware.settings
+            if settings.payloads:
+                self.reader = make_reader(
+                    content_type, settings.payload_max_event_bytes, perf_counter
+                )
+            span = self.request_span
+            self.learn_route()
+            self.metric_attributes[t.HTTP_RESPONSE_STATUS_CODE] = self.status
+            span.set_attribute(t.HTTP_RESPONSE_STATUS_CODE, self.status)
+            if self.status >= 500:
+                span.set_attribute(t.ERROR_TYPE, str(self.status))
+                span.set_status(Status(StatusCode.ERROR))
+            if (
+                settings.accel_buffering_header
+                and not has_accel
+                and content_type.startswith(_STREAMING_TYPES)
+            ):
+                message = dict(message)
+                message["headers"] = [*message.get("headers", ()), (b"x-accel-buffering", b"no")]
+        except Exception as error:
+            t.log_failure("response start", error)
+        return message
+
+    def learn_route(self) -> None:
+        """Read the route template once the app has routed the request."""
+        if self.route is not None:
+            return
+        self.route = route_of(self.scope)
+        if self.route:
+            self.metric_attributes[t.HTTP_ROUTE] = self.route
+            self.span_name = f"{self.method} {self.route}"
+            self.request_span.update_name(self.span_name)
+            self.request_span.set_attribute(t.HTTP_ROUTE, self.route)
+
+    def first_byte(self, at: float, final: bool) -> None:
+        """The first body byte reached the server: end the request span."""
+        self.first_byte_at = at
+        self.last_chunk_at = at
+        try:
+            self.learn_route()
+            ttfb = at - self.started_at
+            self.instruments.time_to_first_byte.record(ttfb, self.metric_attributes)
+            span = self.request_span
+            span.set_attribute(t.STREAM_TIME_TO_FIRST_BYTE, ttfb)
+            if self.first_raw_byte_at is not None and self.first_raw_byte_at < at:
+                span.set_attribute(
+                    t.STREAM_TIME_TO_FIRST_RAW_BYTE, self.first_raw_byte_at - self.started_at
+                )
+            if not final:
+                first_byte_ns = self.started_at_ns + int(ttfb * 1e9)
+                stream_attributes: dict[str, Any] = {t.HTTP_REQUEST_METHOD: self.method}
+                if self.route:
+                    stream_attributes[t.HTTP_ROUTE] = self.route
+                self.stream_span = self.middleware.tracer.start_span(
+                    f"{self.span_name} stream",
+                    context=self.context,
+                    kind=SpanKind.INTERNAL,
+                    start_time=first_byte_ns,
+                    attributes=stream_attributes,
+                )
+                span.end(end_time=first_byte_ns)
+                active = self.instruments.active
+                active.add(-1, self.active_attributes)
+                self.active_attributes = {
+                    t.HTTP_REQUEST_METHOD: self.metric_attributes[t.HTTP_REQUEST_METHOD],
+                    t.PHASE: termination.PHASE_STREAMING,
+                }
+                if self.route:
+                    self.active_attributes[t.HTTP_ROUTE] = self.route
+                active.add(1, self.active_attributes)
+        except Exception as error:
+            t.log_failure("first byte", error)
+        self.streaming = not final
+
+    def body_ended(self) -> None:
+        self.body_complete = True
+        if not self.trailers_expected:
+            self.response_complete = True
+            self.ended_at = perf_counter()
+
+    def record_payload(
+        self,
+        summary: PayloadSummary,
+        span: Span,
+        termination_attributes: dict[str, Any],
+        ended_at: float,
+    ) -> None:
+        """Attributes and metrics of an LLM-aware stream (SSE or NDJSON)."""
+        span.set_attribute(t.STREAM_EVENTS, summary.events)
+        if summary.finish_reasons:
+            span.set_attribute(t.GEN_AI_FINISH_REASONS, list(summary.finish_reasons))
+            termination_attributes[t.GEN_AI_FINISH_REASON] = summary.finish_reasons[0]
+        if summary.input_tokens is not None:
+            span.set_attribute(t.GEN_AI_INPUT_TOKENS, summary.input_tokens)
+        if summary.output_tokens is not None:
+            span.set_attribute(t.GEN_AI_OUTPUT_TOKENS, summary.output_tokens)
+        first_token_at = summary.first_token_at
+        if first_token_at is None:
+            return
+        ttft = first_token_at - self.started_at
+        span.set_attribute(t.STREAM_TIME_TO_FIRST_TOKEN, ttft)
+        if span is not self.request_span and self.request_span.is_recording():
+            self.request_span.set_attribute(t.STREAM_TIME_TO_FIRST_TOKEN, ttft)
+        small: dict[str, Any] = {
+            key: self.metric_attributes[key]
+            for key in (t.HTTP_REQUEST_METHOD, t.HTTP_ROUTE)
+            if key in self.metric_attributes
+        }
+        self.instruments.time_to_first_token.record(ttft, small)
+        output_tokens = summary.output_tokens
+        if output_tokens is not None and output_tokens > 1 and ended_at > first_token_at:
+            self.instruments.time_per_output_token.record(
+                (ended_at - first_token_at) / (output_tokens - 1), small
+            )
+
+    def finish(self, error: BaseException | None) -> None:
+        """The app returned or raised: decide the reason, end spans, record metrics."""
+        try:
+            self.record_end(error)
+        except Exception as failure:
+            t.log_failure("request end", failure)
+
+    def record_end(self, error: BaseException | None) -> None:
+        now = perf_counter()
+        if error is not None and _is_disconnect_error(error):
+            self.send_failed = True
+            error = None
+        reader_summary = self.reader.finish() if self.reader is not None else None
+        reason = termination.classify(
+            error=error,
+            response_complete=self.response_complete,
+            disconnected=self.disconnected_at is not None,
+            send_failed=self.send_failed,
+            payload_truncated=reader_summary is not None and reader_summary.truncated,
+        )
+        chunks, size = self.chunks, self.bytes
+        ended_at = self.ended_at if self.ended_at is not None else now
+        if self.disconnected_at is not None:
+            ended_at = self.disconnected_at
+            chunks, size = self.disconnect_chunks, self.disconnect_bytes
+        ended_ns = self.started_at_ns + int((ended_at - self.started_at) * 1e9)
+
+        self.learn_route()
+        stream_span = self.stream_span
+        span = stream_span if stream_span is not None else self.request_span
+        span.set_attribute(t.TERMINATION_REASON, reason)
+        if reason == termination.APP_ERROR and error is not None:
+            span.set_attribute(t.ERROR_TYPE, type(error).__qualname__)
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
+        elif reason == termination.CANCELLED:
+            span.set_attribute(t.ERROR_TYPE, type(error).__qualname__ if error else "cancelled")
+            span.set_status(Status(StatusCode.ERROR, "cancelled"))
+        elif reason == termination.INCOMPLETE:
+            span.set_attribute(t.ERROR_TYPE, termination.INCOMPLETE)
+            span.set_status(Status(StatusCode.ERROR, "response incomplete"))
+
+        attributes: dict[str, Any] = dict(self.metric_attributes)
+        attributes[t.TERMINATION_REASON] = reason
+        phase = (
+            termination.PHASE_WAITING if self.first_byte_at is None else termination.PHASE_STREAMING
+        )
+        termination_attributes: dict[str, Any] = {
+            key: attributes[key]
+            for key in (
+                t.HTTP_REQUEST_METHOD,
+                t.HTTP_ROUTE,
+                t.HTTP_RESPONSE_STATUS_CODE,
+                t.TERMINATION_REASON,
+            )
+            if key in attributes
+        }
+        termination_attributes[t.PHASE] = phase
+        if reader_summary is not None:
+            self.record_payload(reader_summary, span, termination_attributes, ended_at)
+
+        if stream_span is not None and self.first_byte_at is not None:
+            duration = max(0.0, ended_at - self.first_byte_at)
+            stream_span.set_attributes(
+                {
+                    t.STREAM_CHUNKS: chunks,
+                    t.STREAM_BYTES: size,
+                    t.STREAM_MAX_CHUNK_GAP: self.max_chunk_gap,
+                    t.STREAM_SEND_WAIT: self.send_wait,
+                    t.STREAM_TIME_TO_FIRST_BYTE: self.first_byte_at - self.started_at,
+                }
+            )
+            if self.status is not None:
+                stream_span.set_attribute(t.HTTP_RESPONSE_STATUS_CODE, self.status)
+            stream_span.end(end_time=ended_ns)
+            small: dict[str, Any] = {
+                key: attributes[key]
+                for key in (t.HTTP_REQUEST_METHOD, t.HTTP_ROUTE)
+                if key in attributes
+            }
+            with_reason: dict[str, Any] = {**small, t.TERMINATION_REASON: reason}
+            instruments = self.instruments
+            instruments.duration.record(duration, attributes)
+            instruments.chunks.record(chunks, with_reason)
+            instruments.body_size.record(size, with_reason)
+            instruments.max_chunk_gap.record(self.max_chunk_gap, small)
+            instruments.send_wait.record(self.send_wait, small)
+        else:
+            self.request_span.end(end_time=ended_ns)
+        self.instruments.active.add(-1, self.active_attributes)
+        self.instruments.terminations.add(1, termination_attributes)
