@@ -232,8 +232,15 @@ class _Exchange:
             start_time=self.started_at_ns,
         )
         self.stream_span: Span | None = None
+        self.request_span_open = True
+        self.stream_span_open = False
+        self.active_open = False
         self.context = trace.set_span_in_context(self.request_span, parent)
-        self.instruments.active.add(1, self.active_attributes)
+        try:
+            self.instruments.active.add(1, self.active_attributes)
+            self.active_open = True
+        except Exception as error:
+            t.log_failure("active counter", error)
         hook = middleware.server_request_hook
         if hook is not None:
             try:
@@ -281,8 +288,8 @@ class _Exchange:
             more_body = message.get("more_body", False)
             try:
                 await self.server_send(message)
-            except BaseException:
-                self.send_failed = True
+            except BaseException as error:
+                self.send_raised(error)
                 raise
             self.send_wait += perf_counter() - now
             if not more_body:
@@ -323,8 +330,8 @@ class _Exchange:
                 first_byte = True  # an empty response: complete is as good as first byte
         try:
             await self.server_send(message)
-        except BaseException:
-            self.send_failed = True
+        except BaseException as error:
+            self.send_raised(error)
             raise
         if first_byte:
             self.send_wait += perf_counter() - now
@@ -334,6 +341,12 @@ class _Exchange:
             self.ended_at = perf_counter()
         elif final:
             self.body_ended()
+
+    def send_raised(self, error: BaseException) -> None:
+        """``send`` raised: the client is gone if it is an OSError or a server's disconnect."""
+        if isinstance(error, OSError) or _is_disconnect_error(error):
+            self.send_failed = True
+            self.disconnected()
 
     async def receive(self) -> Message:
         if self.watcher is not None:
@@ -500,13 +513,13 @@ class _Exchange:
             self.request_span.set_attribute(t.HTTP_ROUTE, self.route)
 
     def first_byte(self, at: float, final: bool) -> None:
-        """The first body byte reached the server: end the request span."""
+        """The first body byte reached the server: end the request span, start the stream's."""
         self.first_byte_at = at
         self.last_chunk_at = at
+        self.streaming = not final
+        ttfb = at - self.started_at
         try:
             self.learn_route()
-            ttfb = at - self.started_at
-            self.instruments.time_to_first_byte.record(ttfb, self.metric_attributes)
             span = self.request_span
             span.set_attribute(t.STREAM_TIME_TO_FIRST_BYTE, ttfb)
             if self.first_raw_byte_at is not None and self.first_raw_byte_at < at:
@@ -525,9 +538,18 @@ class _Exchange:
                     start_time=first_byte_ns,
                     attributes=stream_attributes,
                 )
+                self.stream_span_open = True
+                self.request_span_open = False
                 span.end(end_time=first_byte_ns)
+        except Exception as error:
+            t.log_failure("first byte spans", error)
+        try:
+            self.instruments.time_to_first_byte.record(ttfb, self.metric_attributes)
+            if not final:
                 active = self.instruments.active
-                active.add(-1, self.active_attributes)
+                if self.active_open:
+                    self.active_open = False
+                    active.add(-1, self.active_attributes)
                 self.active_attributes = {
                     t.HTTP_REQUEST_METHOD: self.metric_attributes[t.HTTP_REQUEST_METHOD],
                     t.PHASE: termination.PHASE_STREAMING,
@@ -535,9 +557,9 @@ class _Exchange:
                 if self.route:
                     self.active_attributes[t.HTTP_ROUTE] = self.route
                 active.add(1, self.active_attributes)
+                self.active_open = True
         except Exception as error:
-            t.log_failure("first byte", error)
-        self.streaming = not final
+            t.log_failure("first byte metrics", error)
 
     def body_ended(self) -> None:
         self.body_complete = True
@@ -586,13 +608,33 @@ class _Exchange:
             self.record_end(error)
         except Exception as failure:
             t.log_failure("request end", failure)
+        try:  # whatever failed above, every span ends and the counter is balanced
+            if self.stream_span_open and self.stream_span is not None:
+                self.stream_span_open = False
+                self.stream_span.end()
+            if self.request_span_open:
+                self.request_span_open = False
+                self.request_span.end()
+        except Exception as failure:
+            t.log_failure("span end", failure)
+        if self.active_open:
+            self.active_open = False
+            try:
+                self.instruments.active.add(-1, self.active_attributes)
+            except Exception as failure:
+                t.log_failure("active counter", failure)
 
     def record_end(self, error: BaseException | None) -> None:
         now = perf_counter()
         if error is not None and _is_disconnect_error(error):
             self.send_failed = True
             error = None
-        reader_summary = self.reader.finish() if self.reader is not None else None
+        reader_summary = None
+        if self.reader is not None:
+            try:
+                reader_summary = self.reader.finish()
+            except Exception as failure:
+                t.log_failure("payload reader", failure)
         reason = termination.classify(
             error=error,
             response_complete=self.response_complete,
@@ -639,7 +681,10 @@ class _Exchange:
         }
         termination_attributes[t.PHASE] = phase
         if reader_summary is not None:
-            self.record_payload(reader_summary, span, termination_attributes, ended_at)
+            try:
+                self.record_payload(reader_summary, span, termination_attributes, ended_at)
+            except Exception as failure:
+                t.log_failure("payload telemetry", failure)
 
         if stream_span is not None and self.first_byte_at is not None:
             duration = max(0.0, ended_at - self.first_byte_at)
@@ -654,6 +699,7 @@ class _Exchange:
             )
             if self.status is not None:
                 stream_span.set_attribute(t.HTTP_RESPONSE_STATUS_CODE, self.status)
+            self.stream_span_open = False
             stream_span.end(end_time=ended_ns)
             small: dict[str, Any] = {
                 key: attributes[key]
@@ -668,6 +714,9 @@ class _Exchange:
             instruments.max_chunk_gap.record(self.max_chunk_gap, small)
             instruments.send_wait.record(self.send_wait, small)
         else:
+            self.request_span_open = False
             self.request_span.end(end_time=ended_ns)
-        self.instruments.active.add(-1, self.active_attributes)
+        if self.active_open:
+            self.active_open = False
+            self.instruments.active.add(-1, self.active_attributes)
         self.instruments.terminations.add(1, termination_attributes)

@@ -1,0 +1,184 @@
+"""The span model on real servers: the split at the first byte, names, kinds, context."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.trace import SpanKind
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from otel_stream import StreamingMiddleware
+from tests.apps import read_body, starlette_app, start, token_stream
+from tests.servers import SERVERS, serve, wait_until
+from tests.telemetry_harness import Telemetry
+
+FIRST_TOKEN_AFTER = 0.15
+PACE = 0.03
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_request_span_ends_at_first_byte_and_stream_span_covers_the_body(
+    telemetry: Telemetry, server: str
+) -> None:
+    app = StreamingMiddleware(
+        starlette_app(first_after=FIRST_TOKEN_AFTER, count=4, pace=PACE), **telemetry.providers
+    )
+    with serve(app, server) as url, httpx.stream("GET", url + "/stream/7?secret=1") as response:
+        body = response.read()
+    assert body == b"".join(f"data: {i}\n\n".encode() for i in range(4))
+    assert wait_until(lambda: len(telemetry.spans()) == 2)
+
+    request = telemetry.span("GET /stream/{id}")
+    stream = telemetry.span("GET /stream/{id} stream")
+    assert request.kind is SpanKind.SERVER
+    assert stream.kind is SpanKind.INTERNAL
+    assert stream.parent is not None
+    assert stream.parent.span_id == request.context.span_id
+    assert stream.start_time == request.end_time
+    ttfb = (request.end_time - request.start_time) / 1e9
+    assert ttfb >= FIRST_TOKEN_AFTER
+    assert request.attributes["http.stream.time_to_first_byte"] == pytest.approx(ttfb, abs=1e-3)
+    streamed = (stream.end_time - stream.start_time) / 1e9
+    assert streamed >= 3 * PACE
+    assert request.attributes["http.route"] == "/stream/{id}"
+    assert request.attributes["url.path"] == "/stream/7"
+    assert request.attributes["http.response.status_code"] == 200
+    assert "url.query" not in request.attributes
+    assert all("secret" not in str(value) for value in request.attributes.values())
+    assert stream.attributes["http.stream.termination_reason"] == "completed"
+    assert stream.attributes["http.stream.chunks"] == 4
+    assert stream.attributes["http.stream.bytes"] == len(body)
+    assert stream.attributes["http.stream.max_chunk_gap"] >= PACE
+    assert stream.attributes["http.stream.send_wait"] >= 0
+    assert stream.attributes["http.stream.time_to_first_byte"] == pytest.approx(ttfb, abs=1e-3)
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_single_chunk_response_gets_the_request_span_only(
+    telemetry: Telemetry, server: str
+) -> None:
+    app = StreamingMiddleware(starlette_app(), **telemetry.providers)
+    with serve(app, server) as url:
+        assert httpx.get(url + "/plain").text == "plain answer"
+    assert wait_until(lambda: len(telemetry.spans()) == 1)
+    (span,) = telemetry.spans()
+    assert span.name == "GET /plain"
+    assert span.attributes["http.stream.termination_reason"] == "completed"
+    assert telemetry.points("http.server.stream.duration") == []
+    assert telemetry.counts("http.server.stream.time_to_first_byte", "http.route") == {
+        ("/plain",): 1
+    }
+    assert telemetry.counts(
+        "http.server.stream.terminations", "http.stream.termination_reason"
+    ) == {("completed",): 1}
+
+
+def test_headers_are_not_the_first_byte(telemetry: Telemetry) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await read_body(receive)
+        await start(send)
+        await asyncio.sleep(FIRST_TOKEN_AFTER)
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b", "more_body": False})
+
+    with serve(StreamingMiddleware(app, **telemetry.providers)) as url:
+        assert httpx.get(url + "/raw").content == b"ab"
+    assert wait_until(lambda: len(telemetry.spans()) == 2)
+    request = telemetry.span("GET")  # no route template: the method alone, never the path
+    assert (request.end_time - request.start_time) / 1e9 >= FIRST_TOKEN_AFTER
+
+
+def test_sse_comment_pings_are_not_the_first_byte(telemetry: Telemetry) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await read_body(receive)
+        await start(send, b"text/event-stream; charset=utf-8")
+        for _ in range(3):
+            await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+            await asyncio.sleep(FIRST_TOKEN_AFTER / 3)
+        await send({"type": "http.response.body", "body": b"retry: 100\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: hi\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    with serve(StreamingMiddleware(app, **telemetry.providers)) as url:
+        assert httpx.get(url + "/sse").content.endswith(b"data: hi\n\n")
+    assert wait_until(lambda: len(telemetry.spans()) == 2)
+    request = telemetry.span("GET")
+    ttfb = request.attributes["http.stream.time_to_first_byte"]
+    assert ttfb >= FIRST_TOKEN_AFTER
+    assert request.attributes["http.stream.time_to_first_raw_byte"] < FIRST_TOKEN_AFTER / 3
+    stream = telemetry.span("GET stream")
+    assert stream.attributes["http.stream.chunks"] == 5  # pings are bytes sent too
+    assert stream.attributes["http.stream.bytes"] == 3 * 10 + 12 + 10
+
+
+def test_incoming_trace_context_is_continued_and_app_spans_join_it(
+    telemetry: Telemetry,
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent_id = "00f067aa0ba902b7"
+    tracer = telemetry.tracer_provider.get_tracer("app")
+
+    async def endpoint(request: Request) -> StreamingResponse:
+        with tracer.start_as_current_span("load model"):
+            pass
+        return StreamingResponse(token_stream(count=2), media_type="text/event-stream")
+
+    app = StreamingMiddleware(Starlette(routes=[Route("/chat", endpoint)]), **telemetry.providers)
+    headers = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
+    with serve(app) as url:
+        httpx.get(url + "/chat", headers=headers)
+    assert wait_until(lambda: len(telemetry.spans()) == 3)
+    request = telemetry.span("GET /chat")
+    assert f"{request.context.trace_id:032x}" == trace_id
+    assert request.parent is not None
+    assert f"{request.parent.span_id:016x}" == parent_id
+    assert all(f"{span.context.trace_id:032x}" == trace_id for span in telemetry.spans())
+    inner = telemetry.span("load model")
+    assert inner.parent is not None
+    assert inner.parent.span_id == request.context.span_id
+
+
+def test_nested_under_an_outer_server_span_the_request_span_is_internal(
+    telemetry: Telemetry,
+) -> None:
+    inner = StreamingMiddleware(starlette_app(count=2), **telemetry.providers)
+    outer = OpenTelemetryMiddleware(
+        inner,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        exclude_spans=["send", "receive"],
+    )
+    with serve(outer) as url:
+        httpx.get(url + "/stream/1")
+    assert wait_until(lambda: len(telemetry.spans()) == 3)
+    ours = telemetry.span("GET /stream/{id}")
+    stream = telemetry.span("GET /stream/{id} stream")
+    (upstream,) = [s for s in telemetry.spans() if s not in (ours, stream)]
+    assert upstream.kind is SpanKind.SERVER
+    assert ours.kind is SpanKind.INTERNAL
+    assert ours.parent is not None
+    assert ours.parent.span_id == upstream.context.span_id
+    assert [s.kind for s in telemetry.spans()].count(SpanKind.SERVER) == 1
+
+
+def test_the_request_span_is_current_while_the_app_runs(telemetry: Telemetry) -> None:
+    seen: list[trace.Span] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(trace.get_current_span())
+        await read_body(receive)
+        await start(send)
+        await send({"type": "http.response.body", "body": b"x"})
+
+    with serve(StreamingMiddleware(app, **telemetry.providers)) as url:
+        httpx.get(url + "/")
+    assert wait_until(lambda: len(telemetry.spans()) == 1)
+    assert seen[0].get_span_context().span_id == telemetry.spans()[0].context.span_id
