@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -85,15 +86,15 @@ def resolve(
 
 def _excluded(keyword: str | Sequence[str] | None, environ: Mapping[str, str]) -> ExcludeList:
     if keyword is not None:
-        text = keyword if isinstance(keyword, str) else ",".join(keyword)
+        name, text = "excluded_urls", keyword if isinstance(keyword, str) else ",".join(keyword)
+    elif environ.get(env.OTEL_STREAM_EXCLUDED_URLS):
+        name, text = env.OTEL_STREAM_EXCLUDED_URLS, environ[env.OTEL_STREAM_EXCLUDED_URLS]
     else:
-        text = environ.get(env.OTEL_STREAM_EXCLUDED_URLS) or environ.get(
-            "OTEL_PYTHON_EXCLUDED_URLS", ""
-        )
+        name, text = "OTEL_PYTHON_EXCLUDED_URLS", environ.get("OTEL_PYTHON_EXCLUDED_URLS", "")
     try:
         return parse_excluded_urls(text)
-    except Exception as error:  # re.error is a ValueError subclass only since 3.13
-        _warn("excluded_urls", text, error, "")
+    except re.error as error:
+        _warn(name, text, error, "")
         return parse_excluded_urls("")
 
 
