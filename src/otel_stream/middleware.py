@@ -193,6 +193,8 @@ class _Exchange:
         self.inbox: collections.deque[Message] = collections.deque()
         self.inbox_changed: asyncio.Event | None = None
         self.app_task: asyncio.Task[Any] | None = None
+        self.watch_scheduled = False
+        self.finished = False
 
         raw_method = str(scope.get("method", "")).strip()
         method = sanitize_method(raw_method) or "_OTHER"
@@ -259,10 +261,12 @@ class _Exchange:
         try:
             await self.app(self.scope, self.receive, self.send)
         except BaseException as error:
+            self.finished = True
             self.stop_watcher()
             self.finish(error)
             raise
         else:
+            self.finished = True
             self.stop_watcher()
             if not self.response_complete and self.disconnected_at is None:
                 await self.poll_disconnect()
@@ -378,11 +382,26 @@ class _Exchange:
             self.disconnect_bytes = self.bytes
 
     def watch_for_disconnect(self) -> None:
-        """Start the watcher, unless the app is reading ``receive`` itself right now."""
+        """Start the watcher at the app's next pause.
+
+        Deferred with ``call_soon``: a response that completes without yielding to the
+        event loop (most non-streaming responses) is over before the callback runs, and
+        never pays for a task.
+        """
+        if self.watch_scheduled or self.watcher is not None or self.app_task is None:
+            return
+        self.watch_scheduled = True
+        try:
+            self.app_task.get_loop().call_soon(self.start_watcher)
+        except Exception as error:
+            t.log_failure("disconnect watcher", error)
+
+    def start_watcher(self) -> None:
+        self.watch_scheduled = False
         if (
             self.watcher is not None
-            or self.app_task is None
-            or self.app_receiving
+            or self.finished
+            or self.app_receiving  # the app reads receive itself: it will see the disconnect
             or self.disconnected_at is not None
             or self.response_complete
         ):
