@@ -195,6 +195,7 @@ class _Exchange:
         self.app_task: asyncio.Task[Any] | None = None
         self.watch_scheduled = False
         self.finished = False
+        self.cancelled_on_disconnect = False
 
         raw_method = str(scope.get("method", "")).strip()
         method = sanitize_method(raw_method) or "_OTHER"
@@ -263,6 +264,12 @@ class _Exchange:
         except BaseException as error:
             self.finished = True
             self.stop_watcher()
+            if self.cancelled_on_disconnect and termination.is_cancellation(error):
+                uncancel = getattr(self.app_task, "uncancel", None)  # Python 3.11+
+                if uncancel is None or uncancel() == 0:
+                    # Our own cancellation: the client is gone and the app has stopped.
+                    self.finish(None)
+                    return
             self.finish(error)
             raise
         else:
@@ -428,6 +435,7 @@ class _Exchange:
                         and self.app_task
                         and not self.response_complete
                     ):
+                        self.cancelled_on_disconnect = True
                         self.app_task.cancel()
                     return
                 if kind == "http.request" and message.get("more_body", False):
