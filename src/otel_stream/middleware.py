@@ -42,8 +42,8 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.http import sanitize_method
 
+from otel_stream import shutdown, termination
 from otel_stream import telemetry as t
-from otel_stream import termination
 from otel_stream.config import Settings
 from otel_stream.payloads import PayloadReader, PayloadSummary, make_reader
 
@@ -107,9 +107,13 @@ class StreamingMiddleware:
         except Exception as error:
             t.log_failure("setup", error)
             self._active = False
+        if self._active:
+            shutdown.register(tracer_provider, meter_provider)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._active or SCOPE_KEY in scope:
+            if scope["type"] == "lifespan" and self._active:
+                send = self._flushing_lifespan_send(send)
             await self.app(scope, receive, send)
             return
         scope[SCOPE_KEY] = True
@@ -124,6 +128,19 @@ class StreamingMiddleware:
             await self.app(scope, receive, send)
         else:
             await exchange.run()
+
+    def _flushing_lifespan_send(self, send: Send) -> Send:
+        """Flush telemetry when the app reports its lifespan shutdown complete."""
+
+        async def lifespan_send(message: Message) -> None:
+            if message.get("type") == "lifespan.shutdown.complete":
+                try:
+                    shutdown.flush()
+                except Exception as error:
+                    t.log_failure("shutdown flush", error)
+            await send(message)
+
+        return lifespan_send
 
 
 def route_of(scope: Scope) -> str | None:

@@ -40,9 +40,7 @@ def classify(
     payload_truncated: bool = False,
 ) -> str:
     """The termination reason of one exchange."""
-    if disconnected or send_failed:
-        if response_complete and not send_failed:
-            return COMPLETED
+    if disconnected or send_failed:  # seen before the response completed: the tail was lost
         return CLIENT_DISCONNECT
     if error is not None:
         return CANCELLED if is_cancellation(error) else APP_ERROR
