@@ -1,0 +1,604 @@
+"""What each ASGI instrumentation adds to a request, per body chunk and per request.
+
+Run ``python bench/overhead.py`` (about half a minute on two shared cores) or
+``--quick`` (a few seconds). Everything runs in one process, on one event loop,
+without sockets: the ASGI app is called directly with a ``receive`` and a ``send`` that
+do next to nothing, so what differs between two rows is the instrumentation's own work.
+It is a report, not a test: it exits 0 whether the targets are met or not.
+
+How it measures (read before changing):
+
+* Rows: the bare app (the baseline), otel-stream's ``StreamingMiddleware`` (payload
+  parsing on and off), opentelemetry-instrumentation-asgi's ``OpenTelemetryMiddleware``
+  (default, and with ``exclude_spans=["send", "receive"]``) and Starlette's own
+  ``OpenTelemetryMiddleware``. All share one real SDK ``TracerProvider`` with a
+  ``BatchSpanProcessor`` (exporting to an exporter that only counts) and one real
+  ``MeterProvider`` with an ``InMemoryMetricReader``, passed as ``tracer_provider=`` and
+  ``meter_provider=`` (every row accepts both; Starlette's records no metrics).
+* Workloads: a 1,000-chunk byte stream (the cost added per chunk is the stream's whole
+  added cost, request part included, divided by its chunks); a 10-chunk byte stream,
+  only to split that cost into a fixed part per stream and a part per extra chunk;
+  single-chunk responses (cost added per request); an OpenAI-style SSE stream of 1,000
+  events (role delta, content deltas, finish chunk, usage chunk, ``data: [DONE]``).
+* Rounds: every round times one block of requests per row, in an order rotated each
+  round; the cost a row adds in a round is its time minus the bare app's time in that
+  same round, and the tables show the median over rounds (± the median absolute
+  deviation). Interleaving cancels slow drift of a shared machine; the median drops
+  rounds another process disturbed.
+* Garbage collection is off while a block is timed; after each block a full collection
+  runs untimed, and the cyclic garbage it finds is reported instead. The span processor
+  is flushed between blocks (untimed) so no row pays for another's backlog; its queue
+  is large enough that no span is dropped. The exporter does nothing, so the cost
+  measured is creating, filling, ending and queueing spans and recording metrics.
+* The app reads its request body, then yields to the event loop once (as an app
+  awaiting its model does), so tasks a middleware starts really run; it then sends
+  prebuilt response messages. ``receive`` returns the request once, then waits forever
+  like a server's ``receive`` before a disconnect.
+* Before timing, one request per row and workload is checked: the bytes sent are
+  identical to the bare app's, otel-stream's stream span counted every chunk (and read
+  the SSE events when payload parsing is on and a reader exists), and the spans each
+  row produced are counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from time import perf_counter, perf_counter_ns
+from typing import Any
+
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as UpstreamMiddleware
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from starlette.middleware.opentelemetry import OpenTelemetryMiddleware as StarletteMiddleware
+from starlette.routing import Route
+
+from otel_stream import StreamingMiddleware
+from otel_stream.payloads import make_reader
+from otel_stream.telemetry import STREAM_CHUNKS, STREAM_EVENTS
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+BARE = "bare app (baseline)"
+OTEL_STREAM = "otel-stream StreamingMiddleware"
+OTEL_STREAM_NO_PAYLOADS = "otel-stream, payloads=False"
+UPSTREAM = "otel asgi OpenTelemetryMiddleware"
+UPSTREAM_EXCLUDE = 'otel asgi, exclude_spans=["send","receive"]'
+STARLETTE = "Starlette OpenTelemetryMiddleware"
+ROWS = (BARE, OTEL_STREAM, OTEL_STREAM_NO_PAYLOADS, UPSTREAM, UPSTREAM_EXCLUDE, STARLETTE)
+
+QUEUE_SIZE = 1 << 20
+TARGET_PER_CHUNK = 0.5
+TARGET_PER_REQUEST = 0.7
+
+PATH = "/v1/chat/completions"
+REQUEST_BODY = json.dumps(
+    {
+        "model": "bench-model",
+        "stream": True,
+        "messages": [{"role": "user", "content": "Say something."}],
+    }
+).encode()
+SCOPE: dict[str, Any] = {
+    "type": "http",
+    "asgi": {"version": "3.0", "spec_version": "2.4"},
+    "http_version": "1.1",
+    "server": ("127.0.0.1", 8000),
+    "client": ("127.0.0.1", 54321),
+    "scheme": "http",
+    "method": "POST",
+    "root_path": "",
+    "path": PATH,
+    "raw_path": PATH.encode(),
+    "query_string": b"",
+    "headers": [
+        (b"host", b"127.0.0.1:8000"),
+        (b"user-agent", b"otel-stream-bench/1.0"),
+        (b"accept", b"*/*"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(REQUEST_BODY)).encode()),
+    ],
+}
+REQUEST_MESSAGE: dict[str, Any] = {"type": "http.request", "body": REQUEST_BODY, "more_body": False}
+
+
+async def _endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    raise NotImplementedError  # only the Route object is used, for its path template
+
+
+ROUTE = Route(PATH, _endpoint)
+
+
+# Telemetry -----------------------------------------------------------------------------
+
+
+class CountingExporter(SpanExporter):
+    """Exports nowhere; counts spans, and keeps them only while ``keep`` is set."""
+
+    def __init__(self) -> None:
+        self.exported = 0
+        self.keep = False
+        self.kept: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.exported += len(spans)
+        if self.keep:
+            self.kept.extend(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+@dataclass
+class Providers:
+    exporter: CountingExporter = field(default_factory=CountingExporter)
+    tracer_provider: TracerProvider = field(default_factory=TracerProvider)
+    reader: InMemoryMetricReader = field(default_factory=InMemoryMetricReader)
+    meter_provider: MeterProvider = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The default queue (2,048 spans) would drop most of the upstream default row's
+        # 1,000 send spans per stream, and dropping is cheaper than queueing.
+        processor = BatchSpanProcessor(self.exporter, max_queue_size=QUEUE_SIZE)
+        self.tracer_provider.add_span_processor(processor)
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"tracer_provider": self.tracer_provider, "meter_provider": self.meter_provider}
+
+    def flush(self) -> None:
+        self.tracer_provider.force_flush()
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+class DropCounter(logging.Filter):
+    """Counts (and silences) the batch processor's "Queue full, dropping" warnings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Queue full"):
+            self.dropped += 1
+            return False
+        return True
+
+
+def instrument(row: str, app: ASGIApp, providers: Providers) -> ASGIApp:
+    """``app`` wrapped the way ``row`` says."""
+    kwargs = providers.kwargs
+    if row == BARE:
+        return app
+    if row == OTEL_STREAM:
+        return StreamingMiddleware(app, **kwargs)
+    if row == OTEL_STREAM_NO_PAYLOADS:
+        return StreamingMiddleware(app, payloads=False, **kwargs)
+    if row == UPSTREAM:
+        return UpstreamMiddleware(app, **kwargs)
+    if row == UPSTREAM_EXCLUDE:
+        return UpstreamMiddleware(app, exclude_spans=["send", "receive"], **kwargs)
+    if row == STARLETTE:
+        return StarletteMiddleware(app, **kwargs)
+    raise ValueError(row)
+
+
+# Workloads -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One kind of response, and how many of them one timed block sends."""
+
+    start: dict[str, Any]
+    bodies: tuple[dict[str, Any], ...]
+    requests: int
+
+    @property
+    def chunks(self) -> int:
+        return sum(1 for message in self.bodies if message["body"])
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(message["body"] for message in self.bodies)
+
+    @property
+    def sse(self) -> bool:
+        content_type: bytes = self.start["headers"][0][1]
+        return content_type.startswith(b"text/event-stream")
+
+
+def _start(content_type: bytes) -> dict[str, Any]:
+    return {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", content_type), (b"cache-control", b"no-cache")],
+    }
+
+
+def _stream(start: dict[str, Any], bodies: Sequence[bytes], requests: int) -> Workload:
+    messages = [{"type": "http.response.body", "body": body, "more_body": True} for body in bodies]
+    messages.append({"type": "http.response.body", "body": b"", "more_body": False})
+    return Workload(start, tuple(messages), requests)
+
+
+def byte_stream(chunks: int, requests: int) -> Workload:
+    """``chunks`` plain 64-byte chunks, then the final empty message."""
+    return _stream(_start(b"text/plain; charset=utf-8"), [b"x" * 64] * chunks, requests)
+
+
+def single_chunk(requests: int) -> Workload:
+    body = json.dumps({"id": "bench", "object": "chat.completion", "choices": []}).encode()
+    message = {"type": "http.response.body", "body": body, "more_body": False}
+    return Workload(_start(b"application/json"), (message,), requests)
+
+
+def openai_events(chunks: int) -> list[bytes]:
+    """An OpenAI chat-completions stream of ``chunks`` SSE events: a role-only delta,
+    content deltas, the finish chunk, the usage chunk and ``data: [DONE]``."""
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        payload = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000,
+            "model": "bench-model",
+            "choices": choices,
+            **extra,
+        }
+        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+    def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "finish_reason": finish_reason}
+
+    tokens = max(chunks - 4, 1)
+    usage = {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": 12 + tokens}
+    return [
+        event([choice({"role": "assistant", "content": ""})]),
+        *(event([choice({"content": "tok"})]) for _ in range(tokens)),
+        event([choice({}, "stop")]),
+        event([], usage=usage),
+        b"data: [DONE]\n\n",
+    ]
+
+
+def sse_stream(chunks: int, requests: int) -> Workload:
+    start = _start(b"text/event-stream; charset=utf-8")
+    return _stream(start, openai_events(chunks), requests)
+
+
+def make_app(workload: Workload) -> ASGIApp:
+    start, bodies = workload.start, workload.bodies
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = ROUTE  # what Starlette's router does
+        await receive()
+        await asyncio.sleep(0)  # the model thinks: tasks the middleware started run now
+        await send(start)
+        for message in bodies:
+            await send(message)
+
+    return app
+
+
+def make_receive() -> Receive:
+    delivered = False
+
+    async def receive() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return REQUEST_MESSAGE
+        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        return await waiter  # a server's receive before the client goes away
+
+    return receive
+
+
+async def discard(message: Message) -> None:
+    pass
+
+
+# Measuring -----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """Per row: nanoseconds per request in each round, garbage, spans per request."""
+
+    ns_per_request: dict[str, list[float]] = field(default_factory=dict)
+    garbage: dict[str, list[float]] = field(default_factory=dict)
+    spans: dict[str, int] = field(default_factory=dict)
+
+    def added(self, row: str) -> tuple[float, float]:
+        """Nanoseconds ``row`` adds to one request: median over rounds, and its spread."""
+        bare = self.ns_per_request[BARE]
+        added = [mine - base for mine, base in zip(self.ns_per_request[row], bare, strict=True)]
+        middle = statistics.median(added)
+        return middle, statistics.median(abs(value - middle) for value in added)
+
+
+async def time_block(app: ASGIApp, requests: int) -> int:
+    gc.collect()
+    gc.disable()
+    try:
+        started = perf_counter_ns()
+        for _ in range(requests):
+            await app(dict(SCOPE), make_receive(), discard)
+        await asyncio.sleep(0)  # cancelled background tasks finish inside the timing
+        return perf_counter_ns() - started
+    finally:
+        gc.enable()
+
+
+async def check(row: str, app: ASGIApp, providers: Providers, workload: Workload) -> int:
+    """Send one response; fail unless it is right. Returns the spans it produced."""
+    received: list[bytes] = []
+
+    async def record(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            received.append(message.get("body", b""))
+
+    exporter = providers.exporter
+    providers.flush()
+    before = exporter.exported
+    exporter.keep = True
+    exporter.kept.clear()
+    await app(dict(SCOPE), make_receive(), record)
+    await asyncio.sleep(0)
+    providers.flush()
+    exporter.keep = False
+    if b"".join(received) != workload.body:
+        raise AssertionError(f"{row}: the bytes sent differ from the bare app's")
+    if row in (OTEL_STREAM, OTEL_STREAM_NO_PAYLOADS) and len(workload.bodies) > 1:
+        streams = [span for span in exporter.kept if span.name.endswith(" stream")]
+        attributes = dict(streams[0].attributes or {}) if len(streams) == 1 else {}
+        if attributes.get(STREAM_CHUNKS) != workload.chunks:
+            raise AssertionError(f"{row}: no stream span with {workload.chunks} chunks")
+        parsing = row == OTEL_STREAM and workload.sse and payload_reader_exists()
+        if (STREAM_EVENTS in attributes) != parsing:
+            raise AssertionError(f"{row}: {STREAM_EVENTS} should be set: {parsing}")
+    return exporter.exported - before
+
+
+def payload_reader_exists() -> bool:
+    return make_reader(b"text/event-stream; charset=utf-8", 64 * 1024, perf_counter) is not None
+
+
+async def measure(workload: Workload, providers: Providers, rounds: int) -> Result:
+    app = make_app(workload)
+    apps = {row: instrument(row, app, providers) for row in ROWS}
+    result = Result()
+    for row, instrumented in apps.items():
+        result.spans[row] = await check(row, instrumented, providers, workload)
+        await time_block(instrumented, max(1, workload.requests // 4))  # warm-up
+        result.ns_per_request[row] = []
+        result.garbage[row] = []
+    providers.flush()
+    for round_index in range(rounds):
+        shift = round_index % len(ROWS)
+        for row in (*ROWS[shift:], *ROWS[:shift]):
+            elapsed = await time_block(apps[row], workload.requests)
+            result.ns_per_request[row].append(elapsed / workload.requests)
+            providers.flush()
+            result.garbage[row].append(gc.collect() / workload.requests)
+    return result
+
+
+# Report --------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """The added costs of every row, in the units of the tables."""
+
+    results: dict[str, Result]
+    workloads: dict[str, Workload]
+
+    def per_chunk(self, key: str, row: str) -> tuple[float, float]:
+        """ns added per chunk of workload ``key``: the stream's whole added cost / chunks."""
+        middle, spread = self.results[key].added(row)
+        chunks = self.workloads[key].chunks
+        return middle / chunks, spread / chunks
+
+    def per_request(self, row: str) -> tuple[float, float]:
+        middle, spread = self.results["request"].added(row)
+        return middle / 1_000, spread / 1_000
+
+    def split(self, row: str) -> tuple[float, float]:
+        """(µs fixed per stream, ns per extra chunk), from byte streams of two lengths."""
+        long, short = self.workloads["stream"], self.workloads["short"]
+        long_ns = self.results["stream"].added(row)[0]
+        short_ns = self.results["short"].added(row)[0]
+        marginal = (long_ns - short_ns) / (long.chunks - short.chunks)
+        return (short_ns - marginal * short.chunks) / 1_000, marginal
+
+    def ratio(self, value: float, baseline: float) -> float:
+        return value / baseline if baseline > 0 else math.inf
+
+
+def _cost(value: tuple[float, float], digits: int) -> str:
+    return f"{value[0]:,.{digits}f} ± {value[1]:,.{digits}f}"
+
+
+def cost_table(report: Report) -> list[str]:
+    long, sse = report.workloads["stream"], report.workloads["sse"]
+    header = (
+        "middleware",
+        f"per chunk, {long.chunks:,}-chunk byte stream (ns)",
+        "per request, single-chunk response (µs)",
+        f"per chunk, {sse.chunks:,}-event OpenAI SSE stream (ns)",
+        "spans per stream / request",
+        "cyclic garbage per stream / request (objects)",
+    )
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for row in ROWS:
+        results = report.results
+        spans = f"{results['stream'].spans[row]} / {results['request'].spans[row]}"
+        garbage = " / ".join(
+            f"{statistics.median(results[key].garbage[row]):,.0f}" for key in ("stream", "request")
+        )
+        if row == BARE:
+            stream_ns = statistics.median(results["stream"].ns_per_request[BARE]) / long.chunks
+            request_us = statistics.median(results["request"].ns_per_request[BARE]) / 1_000
+            sse_ns = statistics.median(results["sse"].ns_per_request[BARE]) / sse.chunks
+            cells = [
+                f"{stream_ns:,.0f} (its own cost)",
+                f"{request_us:,.2f} (its own cost)",
+                f"{sse_ns:,.0f} (its own cost)",
+            ]
+        else:
+            cells = [
+                _cost(report.per_chunk("stream", row), 0),
+                _cost(report.per_request(row), 2),
+                _cost(report.per_chunk("sse", row), 0),
+            ]
+        lines.append("| " + " | ".join([row, *cells, spans, garbage]) + " |")
+    return lines
+
+
+def split_table(report: Report) -> list[str]:
+    long, short = report.workloads["stream"], report.workloads["short"]
+    lines = [
+        "| middleware | fixed cost per stream (µs) | cost per extra chunk (ns) |",
+        "|---|---|---|",
+    ]
+    for row in ROWS[1:]:
+        fixed, marginal = report.split(row)
+        lines.append(f"| {row} | {fixed:,.1f} | {marginal:,.0f} |")
+    lines.append("")
+    lines.append(
+        f"(from {long.chunks:,}- and {short.chunks:,}-chunk byte streams: the per-chunk "
+        "column above is fixed / chunks + cost per extra chunk)"
+    )
+    return lines
+
+
+def target_table(report: Report) -> list[str]:
+    upstream_chunk = report.per_chunk("stream", UPSTREAM_EXCLUDE)[0]
+    upstream_sse = report.per_chunk("sse", UPSTREAM_EXCLUDE)[0]
+    upstream_request = report.per_request(UPSTREAM_EXCLUDE)[0]
+    upstream_marginal = report.split(UPSTREAM_EXCLUDE)[1]
+    checks = [
+        (
+            "per chunk, byte stream",
+            report.ratio(report.per_chunk("stream", OTEL_STREAM)[0], upstream_chunk),
+            TARGET_PER_CHUNK,
+        ),
+        (
+            "per request",
+            report.ratio(report.per_request(OTEL_STREAM)[0], upstream_request),
+            TARGET_PER_REQUEST,
+        ),
+        (
+            "per chunk, OpenAI SSE, payload parsing on",
+            report.ratio(report.per_chunk("sse", OTEL_STREAM)[0], upstream_sse),
+            TARGET_PER_CHUNK,
+        ),
+        (
+            "per chunk, OpenAI SSE, payload parsing off",
+            report.ratio(report.per_chunk("sse", OTEL_STREAM_NO_PAYLOADS)[0], upstream_sse),
+            TARGET_PER_CHUNK,
+        ),
+    ]
+    lines = [
+        "| otel-stream's added cost / upstream-with-exclude_spans' added cost | ratio "
+        "| target | verdict |",
+        "|---|---|---|---|",
+    ]
+    for label, value, target in checks:
+        verdict = "PASS" if value <= target else "FAIL"
+        lines.append(f"| {label} | {_ratio(value)} | <= {target}x | {verdict} |")
+    marginal = report.ratio(report.split(OTEL_STREAM)[1], upstream_marginal)
+    lines.append(
+        f"| (for information) cost per extra chunk, byte stream | {_ratio(marginal)} | | |"
+    )
+    return lines
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}x" if math.isfinite(value) else "n/a (upstream added nothing measurable)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Overhead of ASGI instrumentations.")
+    parser.add_argument("--rounds", type=int, help="timed rounds (default 21, quick 5)")
+    parser.add_argument("--chunks", type=int, default=1000, help="chunks per stream (1000)")
+    parser.add_argument("--streams", type=int, help="streams per timed block (4, quick 1)")
+    parser.add_argument(
+        "--requests", type=int, help="single-chunk requests per timed block (1000, quick 200)"
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller blocks")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (5 if args.quick else 21)
+    streams = args.streams or (1 if args.quick else 4)
+    requests = args.requests or (200 if args.quick else 1000)
+    if min(rounds, streams, requests) < 1 or args.chunks < 20:
+        parser.error("--rounds, --streams and --requests must be >= 1, --chunks >= 20")
+    short_chunks = min(10, args.chunks // 2)
+
+    drops = DropCounter()
+    logging.getLogger("opentelemetry.sdk._shared_internal").addFilter(drops)
+    workloads = {
+        "stream": byte_stream(args.chunks, streams),
+        "short": byte_stream(short_chunks, max(1, streams * args.chunks // short_chunks // 4)),
+        "request": single_chunk(requests),
+        "sse": sse_stream(args.chunks, streams),
+    }
+    providers = Providers()
+    began = perf_counter()
+    try:
+        results = {
+            key: asyncio.run(measure(workload, providers, rounds))
+            for key, workload in workloads.items()
+        }
+        metrics = providers.reader.get_metrics_data()
+    finally:
+        providers.shutdown()
+    report = Report(results, workloads)
+
+    print(
+        f"otel-stream overhead benchmark: {rounds} rounds; a block is {streams} x "
+        f"{args.chunks:,}-chunk streams or {requests:,} single-chunk requests; "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; "
+        f"{perf_counter() - began:.0f} s"
+    )
+    print(
+        "otel-stream payload parsing for text/event-stream: "
+        + ("on (a reader exists)" if payload_reader_exists() else "no reader yet: on = off")
+    )
+    if drops.dropped:
+        print(f"warning: the batch span processor dropped {drops.dropped} spans")
+    if metrics is None:
+        print("warning: no metrics were recorded")
+    print("\nCost added, median of rounds ± median absolute deviation:\n")
+    print("\n".join(cost_table(report)))
+    print("\nThe byte stream's added cost, split:\n")
+    print("\n".join(split_table(report)))
+    print("\nTargets:\n")
+    print("\n".join(target_table(report)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
