@@ -127,3 +127,13 @@ def test_route_templates_of_starlette_litestar_and_none() -> None:
 )
 def test_sse_first_byte_rule(chunk: bytes, has_event: bool) -> None:
     assert sse_chunk_has_event(chunk) is has_event
+
+
+def test_an_invalid_boolean_keyword_warns_naming_the_keyword(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, "otel_stream"):
+        settings = Settings.from_options(payloads="yes", environ={})  # type: ignore[arg-type]
+    (message,) = warnings_of(caplog)
+    assert "payloads=" in message
+    assert settings.payloads is True

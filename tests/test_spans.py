@@ -182,3 +182,23 @@ def test_the_request_span_is_current_while_the_app_runs(telemetry: Telemetry) ->
         httpx.get(url + "/")
     assert wait_until(lambda: len(telemetry.spans()) == 1)
     assert seen[0].get_span_context().span_id == telemetry.spans()[0].context.span_id
+
+
+def test_only_allowlisted_headers_reach_the_span(
+    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "x-tenant,x-key")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "content-type")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "x-key")
+    app = StreamingMiddleware(starlette_app(count=2), **telemetry.providers)
+    headers = {"x-tenant": "acme", "x-key": "s3cret", "cookie": "session=abc"}
+    with serve(app) as url:
+        httpx.get(url + "/stream/1", headers=headers)
+        assert wait_until(lambda: len(telemetry.spans()) == 2)
+    attributes = telemetry.span("GET /stream/{id}").attributes
+    assert attributes["http.request.header.x_tenant"] == ("acme",)
+    assert attributes["http.request.header.x_key"] == ("[REDACTED]",)
+    assert attributes["http.response.header.content_type"] == ("text/event-stream; charset=utf-8",)
+    everything = repr([dict(span.attributes) for span in telemetry.spans()])
+    assert "s3cret" not in everything
+    assert "session=abc" not in everything

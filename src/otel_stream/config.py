@@ -151,13 +151,19 @@ class Settings:
                 keyword_name=keyword_name,
             )
 
-        def boolean(name: str, keyword: bool | None, default: bool) -> bool:
+        def boolean(name: str, keyword: bool | None, default: bool, keyword_name: str) -> bool:
             return resolve(
-                name, keyword, parse_bool, default, validate=_validate_bool, environ=environ
+                name,
+                keyword,
+                parse_bool,
+                default,
+                validate=_validate_bool,
+                environ=environ,
+                keyword_name=keyword_name,
             )
 
         return cls(
-            enabled=boolean(env.OTEL_STREAM_ENABLED, enabled, True),
+            enabled=boolean(env.OTEL_STREAM_ENABLED, enabled, True, "enabled"),
             excluded_urls=_excluded(excluded_urls, environ),
             ttfb_buckets=histogram(
                 env.OTEL_STREAM_TTFB_BUCKETS, ttfb_buckets, buckets.TTFB_BUCKETS, "ttfb_buckets"
@@ -189,7 +195,7 @@ class Settings:
                 buckets.TIME_PER_OUTPUT_TOKEN_BUCKETS,
                 "time_per_output_token_buckets",
             ),
-            payloads=boolean(env.OTEL_STREAM_PAYLOADS, payloads, True),
+            payloads=boolean(env.OTEL_STREAM_PAYLOADS, payloads, True, "payloads"),
             payload_max_event_bytes=resolve(
                 env.OTEL_STREAM_PAYLOAD_MAX_EVENT_BYTES,
                 payload_max_event_bytes,
@@ -200,10 +206,16 @@ class Settings:
                 keyword_name="payload_max_event_bytes",
             ),
             accel_buffering_header=boolean(
-                env.OTEL_STREAM_ACCEL_BUFFERING_HEADER, accel_buffering_header, False
+                env.OTEL_STREAM_ACCEL_BUFFERING_HEADER,
+                accel_buffering_header,
+                False,
+                "accel_buffering_header",
             ),
             cancel_on_disconnect=boolean(
-                env.OTEL_STREAM_CANCEL_ON_DISCONNECT, cancel_on_disconnect, False
+                env.OTEL_STREAM_CANCEL_ON_DISCONNECT,
+                cancel_on_disconnect,
+                False,
+                "cancel_on_disconnect",
             ),
         )
 

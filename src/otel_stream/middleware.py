@@ -29,18 +29,28 @@ import collections
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter, time_ns
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.instrumentation._semconv import _StabilityMode
 from opentelemetry.instrumentation.asgi import (
     asgi_getter,
+    collect_custom_headers_attributes,
     collect_request_attributes,
     get_host_port_url_tuple,
 )
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
-from opentelemetry.util.http import sanitize_method
+from opentelemetry.util.http import (
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE,
+    SanitizeValue,
+    get_custom_headers,
+    normalise_request_header_name,
+    normalise_response_header_name,
+    sanitize_method,
+)
 
 from otel_stream import shutdown, termination
 from otel_stream import telemetry as t
@@ -101,6 +111,16 @@ class StreamingMiddleware:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self._active = self.settings.enabled
+        # Headers reach spans only when allowlisted by the standard OTel variables.
+        self.request_headers = get_custom_headers(
+            OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST
+        )
+        self.response_headers = get_custom_headers(
+            OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE
+        )
+        self.sanitize_headers = SanitizeValue(
+            get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS)
+        )
         try:
             self.tracer = t.get_tracer(tracer_provider)
             self.instruments = t.Instruments(t.get_meter(meter_provider), self.settings)
@@ -236,6 +256,15 @@ class _Exchange:
         if isinstance(server_address, str) and server_address.count(":") == 1:
             attributes["server.address"] = server_address.rsplit(":", 1)[0]
         attributes[t.HTTP_REQUEST_METHOD] = method
+        if middleware.request_headers:
+            attributes.update(
+                collect_custom_headers_attributes(
+                    cast(dict[str, Any], scope),
+                    middleware.sanitize_headers,
+                    middleware.request_headers,
+                    normalise_request_header_name,
+                )
+            )
 
         parent = context.get_current()
         kind = SpanKind.SERVER
@@ -312,7 +341,10 @@ class _Exchange:
                 self.chunks += 1
                 self.bytes += size
                 if self.reader is not None:
-                    self.reader.feed(body)
+                    try:
+                        self.reader.feed(body)
+                    except Exception as error:  # readers never raise; a second line of defence
+                        self.reader_failed(error)
             more_body = message.get("more_body", False)
             try:
                 await self.server_send(message)
@@ -346,7 +378,10 @@ class _Exchange:
                 size = counted = len(body)
                 final = not message.get("more_body", False)
                 if size and self.reader is not None:
-                    self.reader.feed(body)
+                    try:
+                        self.reader.feed(body)
+                    except Exception as error:
+                        self.reader_failed(error)
             if size:
                 if self.first_raw_byte_at is None:
                     self.first_raw_byte_at = now
@@ -369,6 +404,10 @@ class _Exchange:
             self.ended_at = perf_counter()
         elif final:
             self.body_ended()
+
+    def reader_failed(self, error: Exception) -> None:
+        t.log_failure("payload reader", error)
+        self.reader = None
 
     def send_raised(self, error: BaseException) -> None:
         """``send`` raised: the client is gone if it is an OSError or a server's disconnect."""
@@ -531,6 +570,15 @@ class _Exchange:
             self.learn_route()
             self.metric_attributes[t.HTTP_RESPONSE_STATUS_CODE] = self.status
             span.set_attribute(t.HTTP_RESPONSE_STATUS_CODE, self.status)
+            if self.middleware.response_headers:
+                span.set_attributes(
+                    collect_custom_headers_attributes(
+                        cast(dict[str, Any], message),
+                        self.middleware.sanitize_headers,
+                        self.middleware.response_headers,
+                        normalise_response_header_name,
+                    )
+                )
             if self.status >= 500:
                 span.set_attribute(t.ERROR_TYPE, str(self.status))
                 span.set_status(Status(StatusCode.ERROR))
