@@ -3,27 +3,24 @@
 The middleware feeds each body chunk to a reader as it passes; the reader never holds
 more than a bounded tail of an unfinished event, and never raises on bad input. When the
 stream ends, ``finish()`` returns a :class:`PayloadSummary`.
+
+``framing`` cuts the bytes into events (SSE) or lines (NDJSON); ``formats`` recognises
+OpenAI chat completions, OpenAI Responses, Anthropic messages and Ollama payloads and
+reads from them only what the summary needs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
+from otel_stream.payloads.framing import NdjsonReader, SseReader
+from otel_stream.payloads.summary import PayloadSummary
 
-@dataclass(frozen=True)
-class PayloadSummary:
-    """What a reader learned from one stream. Message content is never kept."""
+__all__ = ["PayloadReader", "PayloadSummary", "make_reader"]
 
-    events: int = 0
-    #: Clock value (the reader's clock) of the first event carrying generated content.
-    first_token_at: float | None = None
-    finish_reasons: tuple[str, ...] = ()
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    #: True when a format with an end marker was recognised and the marker never came.
-    truncated: bool = False
+_SSE = b"text/event-stream"
+_NDJSON = frozenset({b"application/x-ndjson", b"application/jsonl", b"application/json-lines"})
 
 
 class PayloadReader(Protocol):
@@ -38,4 +35,9 @@ def make_reader(
     content_type: bytes, max_event_bytes: int, clock: Callable[[], float]
 ) -> PayloadReader | None:
     """A reader for ``content_type`` (lower-cased header value), or None if not LLM-aware."""
+    media_type = content_type.split(b";", 1)[0].strip()
+    if media_type == _SSE:
+        return SseReader(max_event_bytes, clock)
+    if media_type in _NDJSON:
+        return NdjsonReader(max_event_bytes, clock)
     return None
