@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.metadata
 import json
 import logging
 import math
@@ -577,11 +578,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         providers.shutdown()
     report = Report(results, workloads)
 
+    packages = ("otel-stream", "opentelemetry-sdk", "opentelemetry-instrumentation-asgi")
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}" for name in (*packages, "starlette")
+    )
     print(
         f"otel-stream overhead benchmark: {rounds} rounds; a block is {streams} x "
         f"{args.chunks:,}-chunk streams or {requests:,} single-chunk requests; "
-        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; "
-        f"{perf_counter() - began:.0f} s"
+        f"{perf_counter() - began:.0f} s\n"
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {versions}"
     )
     print(
         "otel-stream payload parsing for text/event-stream: "
