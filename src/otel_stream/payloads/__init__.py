@@ -24,6 +24,10 @@ _NDJSON = frozenset({b"application/x-ndjson", b"application/jsonl", b"applicatio
 
 
 class PayloadReader(Protocol):
+    @property
+    def first_token_at(self) -> float | None:
+        """Clock value of the first event carrying generated content, once read."""
+
     def feed(self, chunk: bytes) -> None:
         """Read one body chunk; never raises."""
 

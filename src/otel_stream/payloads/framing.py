@@ -64,6 +64,11 @@ class _Reader:
         self.window = b""  # last bytes of the oversized event seen so far
         self.failed = False
 
+    @property
+    def first_token_at(self) -> float | None:
+        """Clock value of the first event carrying generated content, once read."""
+        return self.interpreter.first_token_at
+
     def feed(self, chunk: bytes) -> None:
         """Read one body chunk; never raises."""
         if self.failed:
