@@ -15,6 +15,14 @@ Choices made on purpose (read before "fixing"):
   followed by ``:`` only occurs as a key, and keys are checked with optional
   whitespace around the colon (``json.dumps`` writes ``": "``). Encoders that escape
   plain ASCII letters in keys (``"\\u0064one"``) are not supported.
+* **Plain deltas cost three scans.** Once the first token is known, the events that
+  make up nearly all of a stream are recognised without decoding: an Anthropic or
+  Responses text delta by its leading ``type``, an Ollama line by its trailing
+  ``"done":false}``, an OpenAI chunk when its last ``"finish_reason"`` is null and its
+  only object value is the choice's ``delta`` (one ``":{``), which leaves no room for a
+  second choice, a usage or an error object. This assumes a chunk is written by one JSON
+  encoder, so its object values are all spelled ``":{`` or all ``": {``, and that
+  Ollama reports an error in a line of its own (``{"error": ...}``), as it does.
 * **Native reason values.** Finish reasons are passed on as each format names them
   (``stop``, ``end_turn``, ``max_tokens``...), except that anything outside
   ``[A-Za-z0-9_.-]{1,64}`` becomes ``_OTHER``: the first reason is a metric attribute,
@@ -331,16 +339,15 @@ class Interpreter:
 
     def chat(self, data: bytes) -> None:
         self.events += 1
-        if (
-            self.first_token_at is not None
-            and (at := data.rfind(_FINISH_REASON_KEY)) >= 0
-            and data.startswith(b"null", at + 16)
-            and data.count(b'":{') == 1
-        ):
+        if self.first_token_at is not None and (at := data.rfind(_FINISH_REASON_KEY)) >= 0:
             # A plain delta: its last finish reason is null, and the only object value in
-            # the (compact) chunk is that choice's delta, so there is no other choice, no
-            # usage and no error object. rfind: the finish reason is near the end.
-            return
+            # the chunk is that choice's delta, so there is no other choice, no usage and
+            # no error object. rfind: the finish reason is near the end.
+            if data.startswith(b"null", at + 16):
+                if data.count(b'":{') == 1:
+                    return
+            elif data.startswith(b" null", at + 16) and data.count(b'": {') == 1:
+                return  # the same, as json.dumps writes it
         if data.startswith(_DONE):
             self.ended = True
         elif (

@@ -157,29 +157,40 @@ class SseReader(_Reader):
         the shape nearly every LLM server sends: a few ``bytes`` scans, no copy but the
         data itself. Everything else goes through ``read``.
         """
-        if self.failed:
-            return
         try:
             if self.clean and type(chunk) is bytes:
+                size = len(chunk)
                 if 13 in chunk:  # "\r": sse-starlette ends lines with "\r\n"
+                    if (
+                        chunk.find(13) == size - 4  # one line: "data: ...\r\n\r\n"
+                        and chunk.find(10) == size - 3
+                        and chunk.endswith(b"\r\n\r\n")
+                        and chunk.startswith(b"data:")
+                        and size - 3 <= self.max_event_bytes
+                    ):
+                        self.interpreter.handle(chunk[6:-4] if chunk[5] == 32 else chunk[5:-4])
+                        return
                     chunk = chunk.replace(b"\r\n", b"\n")
-                if chunk.endswith(b"\n\n") and 13 not in chunk:
-                    size = len(chunk)
+                    size = len(chunk) if 13 not in chunk else 0  # a lone "\r": read()
+                if chunk.endswith(b"\n\n") and size:
                     start = chunk.rfind(10, 0, size - 2) + 1  # the last line
                     if (
                         chunk.startswith(b"data:", start)
                         and (start == 0 or chunk.find(b"data", 0, start) < 0)
-                        and size <= self.max_event_bytes
+                        and size - 1 <= self.max_event_bytes
                     ):
                         if chunk[start + 5] == 32:
                             self.interpreter.handle(chunk[start + 6 : -2])
                         else:
                             self.interpreter.handle(chunk[start + 5 : -2])
                         return
+            elif self.failed:
+                return
             self.read(chunk if type(chunk) is bytes else bytes(chunk))
             self.clean = self.started and not (self.after_cr or self.skipping or self.pieces)
         except Exception as error:
             self.failed = True
+            self.clean = False
             telemetry.log_failure("payload reader", error)
 
     def read(self, data: bytes) -> None:
