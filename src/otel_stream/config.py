@@ -92,7 +92,7 @@ def _excluded(keyword: str | Sequence[str] | None, environ: Mapping[str, str]) -
     else:
         name, text = "OTEL_PYTHON_EXCLUDED_URLS", environ.get("OTEL_PYTHON_EXCLUDED_URLS", "")
     try:
-        return parse_excluded_urls(text)
+        return parse_excluded_urls(text.strip(" ,"))
     except re.error as error:
         _warn(name, text, error, "")
         return parse_excluded_urls("")
@@ -114,6 +114,11 @@ class Settings:
     payload_max_event_bytes: int = 64 * 1024
     accel_buffering_header: bool = False
     cancel_on_disconnect: bool = False
+
+    @property
+    def has_excluded_urls(self) -> bool:
+        """False when no pattern is set: then the URL need not be built at all."""
+        return bool(getattr(self.excluded_urls, "_excluded_urls", True))
 
     @classmethod
     def from_options(
