@@ -1,6 +1,22 @@
 """OpenTelemetry instrumentation for streaming HTTP responses."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from otel_stream.middleware import StreamingMiddleware
 from otel_stream.version import __version__
 
-__all__ = ["StreamingMiddleware", "__version__"]
+if TYPE_CHECKING:
+    from otel_stream.instrumentor import StreamingInstrumentor
+
+__all__ = ["StreamingInstrumentor", "StreamingMiddleware", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: importing otel_stream loads no patching machinery.
+    if name == "StreamingInstrumentor":
+        from otel_stream.instrumentor import StreamingInstrumentor
+
+        return StreamingInstrumentor
+    raise AttributeError(f"module 'otel_stream' has no attribute {name!r}")
