@@ -181,10 +181,6 @@ def test_ollama_ndjson_over_raw_httpx(telemetry: Telemetry) -> None:
     assert len(telemetry.points("http.server.stream.time_to_first_token")) == 1
 
 
-@pytest.mark.xfail(
-    reason="middleware.first_byte() ends the request span without the reader's first token; "
-    "record_payload() runs after that span ended (change proposed to the lead)",
-)
 def test_request_span_has_the_first_token_when_the_first_byte_carried_it(
     telemetry: Telemetry,
 ) -> None:

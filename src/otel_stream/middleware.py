@@ -186,6 +186,26 @@ def sse_chunk_has_event(body: bytes) -> bool:
     return any(line == b"data" or line.startswith(b"data:") for line in body.splitlines())
 
 
+def _carries_context(scope: Scope) -> bool:
+    """Whether any header the global propagator reads is present (one pass, no decoding).
+
+    Extracting from a carrier without those headers returns the current context, so
+    skipping it changes nothing but saves decoding every header once per field.
+    """
+    global _propagator_fields
+    textmap = propagate.get_global_textmap()
+    if _propagator_fields[0] is not textmap:
+        names = frozenset(field.lower().encode("latin-1") for field in textmap.fields)
+        _propagator_fields = (textmap, names)
+    fields = _propagator_fields[1]
+    if not fields:  # a propagator that does not declare its fields: always extract
+        return True
+    return any(name in fields for name, _ in scope.get("headers") or ())
+
+
+_propagator_fields: tuple[object, frozenset[bytes]] = (None, frozenset())
+
+
 def _is_disconnect_error(error: BaseException) -> bool:
     return type(error).__name__ in ("ClientDisconnect", "ClientDisconnected")
 
@@ -324,7 +344,7 @@ class _Exchange:
         kind = SpanKind.SERVER
         if trace.get_current_span(parent).get_span_context().is_valid:
             kind = SpanKind.INTERNAL  # an outer server span already owns this request
-        else:
+        elif _carries_context(scope):
             parent = propagate.extract(scope, getter=asgi_getter)  # type: ignore[misc]
         self.span_name = self.method
         self.request_span = middleware.tracer.start_span(
@@ -669,6 +689,12 @@ class _Exchange:
             self.learn_route()
             span = self.request_span
             span.set_attribute(t.STREAM_TIME_TO_FIRST_BYTE, ttfb)
+            reader = self.reader
+            if reader is not None and reader.first_token_at is not None:
+                # The first byte carried the first token: the request span can hold it too.
+                span.set_attribute(
+                    t.STREAM_TIME_TO_FIRST_TOKEN, reader.first_token_at - self.started_at
+                )
             if self.first_raw_byte_at is not None and self.first_raw_byte_at < at:
                 span.set_attribute(
                     t.STREAM_TIME_TO_FIRST_RAW_BYTE, self.first_raw_byte_at - self.started_at
