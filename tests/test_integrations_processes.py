@@ -52,14 +52,32 @@ def receiver() -> Iterator[OTLPReceiver]:
 
 
 @pytest.mark.parametrize(
-    ("prefix", "app", "extra", "expected"),
+    ("prefix", "app", "extra", "expected", "args"),
     [
         pytest.param(
-            INSTRUMENT, "fastapi_app", NO_CONTRIB_FASTAPI, FASTAPI_BUILTIN, id="instrument-fastapi"
+            INSTRUMENT,
+            "fastapi_app",
+            NO_CONTRIB_FASTAPI,
+            FASTAPI_BUILTIN,
+            [],
+            id="instrument-fastapi",
         ),
-        pytest.param([], "fastapi_app", ENABLED, FASTAPI_BUILTIN, id="env-fastapi"),
-        pytest.param([], "starlette_otel_app", ENABLED, STARLETTE_BUILTIN, id="env-starlette-otel"),
-        pytest.param(INSTRUMENT, "starlette_app", {}, ALONE, id="instrument-starlette"),
+        # The SDK is configured when the lifespan startup completes, before FastAPI
+        # decides, at the first request, whether its telemetry is on.
+        pytest.param([], "fastapi_app", ENABLED, FASTAPI_BUILTIN, [], id="env-fastapi"),
+        # With no lifespan, when uvicorn has loaded the app.
+        pytest.param(
+            [],
+            "fastapi_app",
+            ENABLED,
+            FASTAPI_BUILTIN,
+            ["--lifespan", "off"],
+            id="env-fastapi-lifespan-off",
+        ),
+        pytest.param(
+            [], "starlette_otel_app", ENABLED, STARLETTE_BUILTIN, [], id="env-starlette-otel"
+        ),
+        pytest.param(INSTRUMENT, "starlette_app", {}, ALONE, [], id="instrument-starlette"),
     ],
 )
 def test_one_server_span_per_request(
@@ -69,9 +87,11 @@ def test_one_server_span_per_request(
     app: str,
     extra: dict[str, str],
     expected: list[str],
+    args: list[str],
 ) -> None:
     env = environment(receiver, "combo", **extra)
-    process = serve_process(write_apps(tmp_path), prefix, "uvicorn", f"{app}:app", env)
+    apps = write_apps(tmp_path)
+    process = serve_process(apps, prefix, "uvicorn", f"{app}:app", env, *args)
     with running(process):
         assert stream(process.url + "/chat/a") == BODY
         assert receiver.wait_for(lambda: len(receiver.spans()) >= len(expected))
