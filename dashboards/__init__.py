@@ -1,0 +1,1 @@
+"""Grafana dashboards for otel-stream, built from code; see README.md in this folder."""

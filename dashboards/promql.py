@@ -1,0 +1,124 @@
+"""PromQL building blocks of the dashboards: the metric names, the variable filter, quantiles.
+
+Every query of every panel is built here, so the rules the tests check hold by
+construction: only the Prometheus names of DESIGN.md's metrics, every selector filtered
+by the ``job``, ``instance`` and ``route`` variables, every ``rate()``/``increase()``
+over ``$__rate_interval``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: The Prometheus names of DESIGN.md's metrics, as opentelemetry-exporter-prometheus and
+#: the Collector's Prometheus exporter write them, with their Prometheus type.
+METRICS: Final[dict[str, str]] = {
+    "http_server_stream_time_to_first_byte_seconds": "histogram",
+    "http_server_stream_duration_seconds": "histogram",
+    "http_server_stream_active": "gauge",
+    "http_server_stream_terminations_total": "counter",
+    "http_server_stream_chunks": "histogram",
+    "http_server_stream_body_size_bytes": "histogram",
+    "http_server_stream_max_chunk_gap_seconds": "histogram",
+    "http_server_stream_send_wait_seconds": "histogram",
+    "http_server_stream_time_to_first_token_seconds": "histogram",
+    "http_server_stream_time_per_output_token_seconds": "histogram",
+}
+
+#: The series a classic (explicit-bucket) histogram is exposed as.
+HISTOGRAM_SUFFIXES: Final = ("_bucket", "_sum", "_count")
+
+#: Label names the queries may use: the metrics' attributes with dots made underscores,
+#: Prometheus' target labels, and ``le``.
+LABELS: Final = frozenset(
+    {
+        "job",
+        "instance",
+        "le",
+        "http_request_method",
+        "http_route",
+        "http_response_status_code",
+        "http_stream_termination_reason",
+        "http_stream_phase",
+        "gen_ai_response_finish_reason",
+        "url_scheme",
+        "network_protocol_version",
+    }
+)
+
+TTFB: Final = "http_server_stream_time_to_first_byte_seconds"
+DURATION: Final = "http_server_stream_duration_seconds"
+ACTIVE: Final = "http_server_stream_active"
+TERMINATIONS: Final = "http_server_stream_terminations_total"
+CHUNKS: Final = "http_server_stream_chunks"
+BODY_SIZE: Final = "http_server_stream_body_size_bytes"
+MAX_CHUNK_GAP: Final = "http_server_stream_max_chunk_gap_seconds"
+SEND_WAIT: Final = "http_server_stream_send_wait_seconds"
+TTFT: Final = "http_server_stream_time_to_first_token_seconds"
+TPOT: Final = "http_server_stream_time_per_output_token_seconds"
+
+#: The filter every selector carries. ``$route`` matches the empty route too when "All"
+#: is picked (its all-value is ``.*``): requests still waiting for their first byte and
+#: unmatched paths carry no ``http_route``.
+FILTER: Final = 'job=~"$job", instance=~"$instance", http_route=~"$route"'
+RATE_INTERVAL: Final = "$__rate_interval"
+
+#: The series the variables read their values from: every request ends in exactly one
+#: termination, so every job, instance and route that served a request is there.
+VARIABLE_SOURCE: Final = TERMINATIONS
+
+
+def series(metric: str, *matchers: str) -> str:
+    """A selector of ``metric`` (a name of :data:`METRICS`, or a histogram's series)."""
+    base = metric
+    for suffix in HISTOGRAM_SUFFIXES:
+        if metric.endswith(suffix) and metric[: -len(suffix)] in METRICS:
+            base = metric[: -len(suffix)]
+    if base not in METRICS:
+        raise ValueError(f"{metric} is not one of DESIGN.md's metrics")
+    return f"{metric}{{{', '.join((FILTER, *matchers))}}}"
+
+
+def rate(metric: str, *matchers: str) -> str:
+    return f"rate({series(metric, *matchers)}[{RATE_INTERVAL}])"
+
+
+def increase(metric: str, *matchers: str) -> str:
+    return f"increase({series(metric, *matchers)}[{RATE_INTERVAL}])"
+
+
+def by(labels: tuple[str, ...]) -> str:
+    """`` by (a, b) `` before an aggregation's parenthesis, or nothing."""
+    return f" by ({', '.join(labels)}) " if labels else ""
+
+
+def sum_rate(metric: str, *matchers: str, labels: tuple[str, ...] = ()) -> str:
+    return f"sum{by(labels)}({rate(metric, *matchers)})"
+
+
+def quantile(q: float, histogram: str, *matchers: str, labels: tuple[str, ...] = ()) -> str:
+    """The ``q`` quantile of a classic histogram over the last ``$__rate_interval``."""
+    return (
+        f"histogram_quantile({q}, sum{by(('le', *labels))}"
+        f"({rate(histogram + '_bucket', *matchers)}))"
+    )
+
+
+def heatmap(histogram: str, *matchers: str) -> str:
+    """Per-bucket counts of a classic histogram, for a heatmap panel (format: heatmap)."""
+    return f"sum by (le) ({increase(histogram + '_bucket', *matchers)})"
+
+
+def mean(histogram: str, *matchers: str, labels: tuple[str, ...] = ()) -> str:
+    """The mean of a histogram's observations over the last ``$__rate_interval``."""
+    return (
+        f"{sum_rate(histogram + '_sum', *matchers, labels=labels)}"
+        f" / {sum_rate(histogram + '_count', *matchers, labels=labels)}"
+    )
+
+
+def share(part: tuple[str, ...], metric: str = TERMINATIONS, labels: tuple[str, ...] = ()) -> str:
+    """The share of ``metric``'s rate whose series match ``part``; 0, not "no data", when
+    nothing matches but the metric has traffic."""
+    whole = sum_rate(metric, labels=labels)
+    return f"({sum_rate(metric, *part, labels=labels)} or 0 * {whole}) / {whole}"

@@ -1,0 +1,107 @@
+"""Every panel query of both dashboards returns data from a real Prometheus scraping a real
+instrumented server (uvicorn, opentelemetry-exporter-prometheus on /metrics) that served
+real streams ending in every way DESIGN.md names."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from dashboards import live
+
+pytestmark = pytest.mark.slow
+
+WINDOW = "30s"  # $__rate_interval: longer than the whole run, so every rate() sees it all
+REASONS = {"completed", "client_disconnect", "app_error", "cancelled", "incomplete"}
+
+
+@dataclass
+class Scraped:
+    prometheus: live.Prometheus
+    service: live.Service
+
+    def variables(self, route: str | None) -> dict[str, str]:
+        picked = {
+            "job": live.JOB,
+            "instance": self.service.metrics_target.replace(".", "\\\\."),
+            "route": route,
+        }
+        everything = {"job": ".*", "instance": ".*", "route": ".*"}
+        chosen = picked if route is not None else everything
+        return {**chosen, "__rate_interval": WINDOW, "__interval": "1s", "__range": WINDOW}
+
+    def values(self, expr: str, variables: dict[str, str]) -> list[float]:
+        result = self.prometheus.query(live.substitute(expr, variables))
+        return [float(sample["value"][1]) for sample in result]
+
+    def label_values(self, expr: str, label: str) -> set[str]:
+        result = self.prometheus.query(live.substitute(expr, self.variables(None)))
+        return {sample["metric"].get(label, "") for sample in result}
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
+    binary = live.prometheus_binary()
+    if binary is None:
+        pytest.skip("no prometheus binary: apt-get install prometheus (.ci/run does)")
+    workdir: Path = tmp_path_factory.mktemp("prometheus")
+    total = f'sum(http_server_stream_terminations_total{{job="{live.JOB}"}})'
+    with (
+        live.serve_demo() as service,
+        live.running_prometheus(binary, workdir, service.metrics_target) as prometheus,
+    ):
+        # Two waves, each scraped: every series exists before the second wave, so every
+        # rate() over the run is positive.
+        first = asyncio.run(live.wave(service.url))
+        prometheus.wait_until(total, first, timeout=30)
+        second = asyncio.run(live.wave(service.url))
+        prometheus.wait_until(total, first + second, timeout=30)
+        yield Scraped(prometheus, service)
+
+
+def check_every_query(scraped: Scraped, dashboard: str, route: str) -> int:
+    board = live.load_dashboards()[dashboard]
+    queries = live.panel_queries(board)
+    empty = []
+    for variables in (scraped.variables(None), scraped.variables(route)):
+        for query in queries:
+            values = scraped.values(query.expr, variables)
+            if not any(math.isfinite(value) for value in values):
+                empty.append(f"{query.title} {query.ref_id} ({variables['route']}): {values}")
+    assert not empty, "panel queries without data:\n" + "\n".join(empty)
+    return len(queries)
+
+
+def test_every_streaming_overview_query_returns_data(scraped: Scraped) -> None:
+    assert check_every_query(scraped, "streaming-overview", "/v1/events") >= 20
+
+
+def test_every_llm_streams_query_returns_data(scraped: Scraped) -> None:
+    assert check_every_query(scraped, "llm-streams", "/v1/chat/completions") >= 12
+
+
+def test_the_panels_show_how_the_streams_ended(scraped: Scraped) -> None:
+    board = live.load_dashboards()["streaming-overview"]
+    by_title = {(q.title, q.ref_id): q.expr for q in live.panel_queries(board)}
+    reasons = scraped.label_values(
+        by_title[("Terminations by reason", "A")], "http_stream_termination_reason"
+    )
+    assert reasons == REASONS
+    phases = scraped.label_values(
+        by_title[("Requests in flight by phase", "A")], "http_stream_phase"
+    )
+    assert phases == {"waiting", "streaming"}
+    routes = scraped.label_values(by_title[("Per route", "A")], "http_route")
+    assert {"/v1/events", "/v1/chat/completions", "/v1/jobs/{job_id}/logs", "/v1/legacy"} <= routes
+    everything = scraped.variables(None)
+    (gave_up,) = scraped.values(by_title[("Gave up before the first byte", "A")], everything)
+    assert 0 < gave_up < 0.5  # one raw client per wave leaves before the first byte
+    (completed,) = scraped.values(by_title[("Completed", "A")], everything)
+    assert 0.3 < completed < 1
+    (p50,) = scraped.values(by_title[("Time to first byte", "A")], everything)
+    (p99,) = scraped.values(by_title[("Time to first byte", "C")], everything)
+    assert 0 < p50 <= p99 < 5
