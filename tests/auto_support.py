@@ -254,6 +254,11 @@ def running(*servers: ServerProcess) -> Iterator[tuple[ServerProcess, ...]]:
         for server in servers:
             server.wait_ready()
         yield servers
+    except BaseException:
+        for server in servers:
+            server.stop()
+            print(f"--- {' '.join(server.argv)}: stderr ---\n{server.stderr()[-4000:]}")
+        raise
     finally:
         for server in servers:
             server.stop()
