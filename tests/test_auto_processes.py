@@ -80,6 +80,8 @@ def assert_stream_metrics(receiver: OTLPReceiver, service: str) -> None:
 WAYS = [
     pytest.param(INSTRUMENT, "uvicorn", id="opentelemetry-instrument uvicorn"),
     pytest.param(INSTRUMENT, "hypercorn", id="opentelemetry-instrument hypercorn"),
+    pytest.param(INSTRUMENT, "granian", id="opentelemetry-instrument granian"),
+    pytest.param(INSTRUMENT, "daphne", id="opentelemetry-instrument daphne"),
     pytest.param([], "uvicorn", id="OTEL_STREAM_ENABLED uvicorn"),
     pytest.param([], "hypercorn", id="OTEL_STREAM_ENABLED hypercorn"),
     pytest.param([], "granian", id="OTEL_STREAM_ENABLED granian"),
