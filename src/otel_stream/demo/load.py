@@ -155,8 +155,10 @@ def make_scenario(kind: str, rng: random.Random, pace: Pace) -> Scenario:
         headers["x-demo-ttft"] = f"{max(2.0, 4 * pace.ttft):.4f}"
         return Scenario(kind, headers, leave_after=rng.uniform(0.3, 1.2) * max(0.5, pace.ttft))
     if kind == "leave_mid_answer":
-        headers["x-demo-tokens"] = str(max(tokens, 24))
-        leave = max(2, round(max(tokens, 24) * rng.uniform(0.2, 0.6)))
+        # Leave early enough that the answer is far from its end when the server notices.
+        tokens = max(tokens, 40)
+        headers["x-demo-tokens"] = str(tokens)
+        leave = max(2, round(tokens * rng.uniform(0.2, 0.5)))
         return Scenario(kind, headers, leave_after_tokens=leave)
     if kind == "slow_reader":
         # A large answer (about 600 kB) and a client that stops reading for a while.
@@ -171,6 +173,9 @@ def make_scenario(kind: str, rng: random.Random, pace: Pace) -> Scenario:
         headers["x-demo-truncate-after"] = str(max(1, tokens // 2))
         return Scenario(kind, headers)
     if kind == "deadline":
+        # Well after the first token, well before the last.
+        tokens = max(tokens, 40)
+        headers["x-demo-tokens"] = str(tokens)
         deadline = ttft + interval * tokens * rng.uniform(0.3, 0.6)
         headers["x-demo-deadline"] = f"{deadline:.4f}"
         return Scenario(kind, headers)
@@ -308,6 +313,7 @@ async def _read(
             result.first_token = at
         if (
             scenario.leave_after_tokens is not None
+            and not events.done
             and events.tokens >= scenario.leave_after_tokens > before
         ):
             result.end = at
