@@ -369,8 +369,14 @@ class _Exchange:
         self.finished = False
         self.cancelled_on_disconnect = False
 
-        raw_method = str(scope.get("method", "")).strip()
-        method = sanitize_method(raw_method) or "_OTHER"
+        attributes: dict[str, Any] = collect_request_attributes(  # type: ignore[no-untyped-call]
+            scope, _StabilityMode.HTTP
+        )
+        raw_method = scope.get("method")
+        method = attributes.get(t.HTTP_REQUEST_METHOD)  # sanitized by the helper above
+        if not method or not isinstance(raw_method, str) or raw_method != raw_method.strip():
+            method = sanitize_method(str(raw_method or "").strip()) or "_OTHER"
+            attributes[t.HTTP_REQUEST_METHOD] = method
         self.method = "HTTP" if method == "_OTHER" else method
         self.route: str | None = None
         self.metric_attributes: dict[str, Any] = {t.HTTP_REQUEST_METHOD: method}
@@ -383,14 +389,10 @@ class _Exchange:
             t.PHASE: termination.PHASE_WAITING,
         }
 
-        attributes: dict[str, Any] = collect_request_attributes(  # type: ignore[no-untyped-call]
-            scope, _StabilityMode.HTTP
-        )
         attributes.pop("url.query", None)  # query values never reach telemetry
         server_address = attributes.get("server.address")
         if isinstance(server_address, str) and server_address.count(":") == 1:
             attributes["server.address"] = server_address.rsplit(":", 1)[0]
-        attributes[t.HTTP_REQUEST_METHOD] = method
         if middleware.request_headers:
             attributes.update(
                 collect_custom_headers_attributes(
