@@ -196,6 +196,7 @@ class Interpreter:
     """
 
     __slots__ = (
+        "chat_after_token",
         "clock",
         "ended",
         "error",
@@ -222,6 +223,9 @@ class Interpreter:
         self.ended = False
         #: Called with the data of every event; replaced once the format is known.
         self.handle: Callable[[bytes], None] = self.detect
+        #: OpenAI chat completions with the first token read: readers may count a plain
+        #: delta themselves (``is_plain_chat_delta``) instead of calling ``handle``.
+        self.chat_after_token = False
 
     def summary(self) -> PayloadSummary:
         reasons = tuple(self.reasons[index] for index in sorted(self.reasons))
@@ -242,6 +246,7 @@ class Interpreter:
     def token(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = self.clock()
+            self.chat_after_token = self.format == OPENAI_CHAT
 
     def reason(self, index: int, value: object) -> None:
         if index in self.reasons or len(self.reasons) >= MAX_CHOICES:
@@ -258,6 +263,7 @@ class Interpreter:
     def recognise(self, name: str) -> Callable[[Any], None]:
         """Switch to the format ``name``; returns its decoded-event method."""
         self.format = name
+        self.chat_after_token = name == OPENAI_CHAT and self.first_token_at is not None
         handle, apply = {
             OPENAI_CHAT: (self.chat, self.chat_object),
             OPENAI_RESPONSES: (self.responses, self.responses_object),
@@ -339,15 +345,8 @@ class Interpreter:
 
     def chat(self, data: bytes) -> None:
         self.events += 1
-        if self.first_token_at is not None and (at := data.rfind(_FINISH_REASON_KEY)) >= 0:
-            # A plain delta: its last finish reason is null, and the only object value in
-            # the chunk is that choice's delta, so there is no other choice, no usage and
-            # no error object. rfind: the finish reason is near the end.
-            if data.startswith(b"null", at + 16):
-                if data.count(b'":{') == 1:
-                    return
-            elif data.startswith(b" null", at + 16) and data.count(b'": {') == 1:
-                return  # the same, as json.dumps writes it
+        if self.first_token_at is not None and is_plain_chat_delta(data):
+            return
         if data.startswith(_DONE):
             self.ended = True
         elif (
@@ -495,6 +494,22 @@ class Interpreter:
             self.usage(obj.get("prompt_eval_count"), obj.get("eval_count"))
         if obj.get("error") is not None:
             self.error = True
+
+
+def is_plain_chat_delta(data: bytes) -> bool:
+    """A chat chunk that cannot change the summary once the first token is known.
+
+    Its last finish reason is null, and the only object value in it is that choice's
+    delta, so there is no other choice, no usage and no error object. ``data`` may also be
+    a whole one-line SSE event (``data: {...}\n\n``): the framing holds neither pattern.
+    rfind: the finish reason is near the end.
+    """
+    at = data.rfind(_FINISH_REASON_KEY)
+    if at < 0:
+        return False
+    if data.startswith(b"null", at + 16):
+        return data.count(b'":{') == 1
+    return data.startswith(b" null", at + 16) and data.count(b'": {') == 1  # json.dumps
 
 
 def _responses_may_end(data: bytes) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from otel_stream import telemetry
-from otel_stream.payloads.formats import Interpreter
+from otel_stream.payloads.formats import Interpreter, is_plain_chat_delta
 from otel_stream.payloads.summary import PayloadSummary
 
 _HEAD_BYTES = 4096
@@ -160,6 +160,17 @@ class SseReader(_Reader):
         try:
             if self.clean and type(chunk) is bytes:
                 size = len(chunk)
+                interpreter = self.interpreter
+                if (
+                    interpreter.chat_after_token
+                    and chunk.find(10) == size - 2  # one line, "data: {...}\n\n"
+                    and chunk.endswith(b"\n\n")
+                    and chunk.startswith(b"data:")
+                    and size - 1 <= self.max_event_bytes
+                    and is_plain_chat_delta(chunk)
+                ):
+                    interpreter.events += 1  # the bulk of a chat stream: counted, not read
+                    return
                 if 13 in chunk:  # "\r": sse-starlette ends lines with "\r\n"
                     if (
                         chunk.find(13) == size - 4  # one line: "data: ...\r\n\r\n"
