@@ -111,7 +111,6 @@ http {{
         listen 127.0.0.1:{port};
         location / {{
             proxy_pass {upstream};
-            proxy_http_version 1.1;
             {directives}
         }}
     }}

@@ -16,7 +16,7 @@ from otel_stream.probe import (
     judge,
     request_for,
 )
-from tests.cli_support import demo_server, run_cli
+from tests.cli_support import demo_server, run_cli, wait_for_port
 from tests.servers import free_port
 
 SSE = [("content-type", "text/event-stream")]
@@ -48,6 +48,28 @@ def test_many_small_reads_all_at_the_end_buffer() -> None:
     # The lump split into many reads by the network still arrives at once.
     verdict = judge(Observation(200, SSE, 0.01, spread(30, 1.50, 0.001, 100)))
     assert verdict.exit_code == EXIT_BUFFERS
+
+
+def test_many_events_per_read_buffers() -> None:
+    # A proxy releasing 4 kB pieces: each read completes a score of events.
+    observation = Observation(200, SSE, 0.01, [(0.9, 3931), (1.45, 4096), (1.53, 708)])
+    observation.events_per_read = [22, 23, 6]
+    verdict = judge(observation)
+    assert verdict.exit_code == EXIT_BUFFERS
+    assert verdict.line.startswith("buffers: 51 events arrived in 3 reads of up to 4096 bytes")
+
+
+def test_one_event_per_read_streams() -> None:
+    observation = Observation(200, SSE, 0.01, spread(40, 0.4, 0.025))
+    observation.events_per_read = [0] + [1] * 38 + [3]
+    assert judge(observation).exit_code == EXIT_STREAMS
+
+
+def test_a_broken_connection_is_an_error() -> None:
+    observation = Observation(200, SSE, 0.01, spread(3, 0.4, 0.025), broken="peer closed")
+    verdict = judge(observation)
+    assert verdict.exit_code == EXIT_ERROR
+    assert verdict.line == "error: the connection broke after 300 bytes in 3 reads: peer closed"
 
 
 def test_a_short_exchange_is_inconclusive() -> None:
@@ -93,7 +115,8 @@ def test_request_defaults_look_like_a_browser() -> None:
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, int]]:
     prometheus_port = free_port()
-    with demo_server("--prometheus-port", str(prometheus_port)) as (url, _):
+    with demo_server("--prometheus-port", str(prometheus_port)) as (url, process):
+        wait_for_port(prometheus_port, process)
         yield url, prometheus_port
 
 

@@ -6,11 +6,13 @@ answer produced over time is what each configuration has to pass on.
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
-from tests.cli_support import NGINX, clean_env, demo_server, nginx, run_cli
+from tests.cli_support import NGINX, clean_env, demo_server, nginx, run_cli, wait_for_port
+from tests.servers import free_port, wait_until
 
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (Debian: apt-get install nginx-light)"
@@ -20,13 +22,19 @@ GZIP_SSE = "gzip on; gzip_types text/event-stream; gzip_proxied any;"
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    with demo_server() as (url, _):
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def upstream(metrics_port: int) -> Iterator[str]:
+    with demo_server("--prometheus-port", str(metrics_port)) as (url, process):
+        wait_for_port(metrics_port, process)
         yield url
 
 
-def probe(url: str) -> tuple[int, list[str]]:
-    result = run_cli("probe", url + "/v1/chat/completions", "--timeout", "20")
+def probe(url: str, *options: str) -> tuple[int, list[str]]:
+    result = run_cli("probe", url + "/v1/chat/completions", "--timeout", "20", *options)
     lines = result.stdout.strip().splitlines()
     assert lines, result.stderr
     return result.returncode, lines
@@ -39,6 +47,16 @@ def test_gzip_on_event_streams_buffers(upstream: str) -> None:
     assert code == 2
     assert "  content-encoding: gzip" in lines
     assert any("hint: a hop compresses the stream" in line for line in lines)
+
+
+def test_default_proxy_buffering_releases_events_in_batches(upstream: str) -> None:
+    """nginx's defaults (proxy_buffering on, HTTP/1.0 to the upstream): the answer comes
+    in a few 4 kB pieces, many events each."""
+    with nginx(upstream, "") as url:
+        code, lines = probe(url)
+    assert lines[-1].startswith("buffers: "), lines
+    assert code == 2
+    assert " at a time " in lines[-1]
 
 
 def test_proxy_buffering_off_without_gzip_streams(upstream: str) -> None:
@@ -64,3 +82,30 @@ def test_accel_buffering_header_from_the_app_makes_gzip_stream() -> None:
     assert lines[-1].startswith("streams: "), lines
     assert code == 0
     assert "  content-encoding: gzip" in lines
+
+
+def test_read_timeout_shorter_than_the_first_token_cuts_the_stream(
+    upstream: str, metrics_port: int
+) -> None:
+    """nginx gives up on a model that thinks longer than proxy_read_timeout: the client
+    gets the headers and then a broken body; the app records a client disconnect while it
+    was still waiting for its first token."""
+
+    def disconnects_while_waiting() -> int:
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url) as response:
+            text = response.read().decode()
+        return sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in text.splitlines()
+            if line.startswith("http_server_stream_terminations_total{")
+            and 'http_stream_phase="waiting"' in line
+            and 'http_stream_termination_reason="client_disconnect"' in line
+        )
+
+    before = disconnects_while_waiting()
+    with nginx(upstream, "proxy_read_timeout 1s;") as url:
+        code, lines = probe(url, "--header", "x-demo-ttft: 3")
+    assert code == 1
+    assert lines[-1].startswith("error: the connection broke after 0 bytes"), lines
+    assert wait_until(lambda: disconnects_while_waiting() == before + 1)

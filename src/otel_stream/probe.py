@@ -10,11 +10,14 @@ The verdict rule:
   within the timeout, the response is not a stream (a non-streaming content type in a
   single read), or the exchange was too short to tell (under :data:`MIN_TOTAL` seconds
   from request to last byte: nothing had time to be held back).
-* **buffers** (exit 2): the body arrived in a lump: at least :data:`LUMP_SHARE` of its
-  bytes in one read, or at least :data:`TAIL_SHARE` of its bytes within the last
-  :data:`TAIL_WINDOW` seconds (or the last tenth of the exchange, if longer). A hop that
-  holds the stream (a proxy buffer, a gzip filter) releases it when its buffer fills or
-  the response ends, so what was produced over time arrives at once.
+* **buffers** (exit 2): the body arrived in lumps: at least :data:`LUMP_SHARE` of its
+  bytes in one read; or at least :data:`TAIL_SHARE` of its bytes within the last
+  :data:`TAIL_WINDOW` seconds (or the last tenth of the exchange, if longer); or, where
+  the events can be counted (SSE or NDJSON, not compressed or gzip/deflate), the median
+  read that completed an event completed more than :data:`MAX_EVENTS_PER_READ`. A hop
+  that holds the stream (a proxy buffer, a gzip filter) releases it when its buffer fills
+  or the response ends, so events produced one by one arrive together; on an unbuffered
+  chain a streaming model's events arrive about one per read.
 * **streams** (exit 0): otherwise; the bytes arrived spread over the exchange.
 
 The rule judges what the client got, so an endpoint that itself produces its whole
@@ -31,7 +34,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 
@@ -49,6 +52,8 @@ TAIL_SHARE = 0.9
 TAIL_WINDOW = 0.1
 #: An exchange shorter than this (seconds) cannot show buffering.
 MIN_TOTAL = 0.2
+#: More events than this in the median read means they were held and released together.
+MAX_EVENTS_PER_READ = 3
 
 STREAMING_TYPES = (
     "text/event-stream",
@@ -79,8 +84,15 @@ class Observation:
     headers: list[tuple[str, str]] = field(default_factory=list)
     headers_at: float = 0.0
     arrivals: list[tuple[float, int]] = field(default_factory=list)
-    events: int | None = None
+    #: Events completed by each read, when the body's events can be counted.
+    events_per_read: list[int] | None = None
     timed_out: bool = False
+    #: Why the body stopped early, when the connection broke.
+    broken: str | None = None
+
+    @property
+    def events(self) -> int | None:
+        return None if self.events_per_read is None else sum(self.events_per_read)
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -153,7 +165,8 @@ def observe(
         started = time.perf_counter()
         with client.stream(method, url, headers=headers, content=body) as response:
             _read(response, observation, counter, started, timeout)
-    observation.events = counter.events
+    if counter.enabled:
+        observation.events_per_read = counter.per_read
     return observation
 
 
@@ -182,16 +195,18 @@ def _read(
                 break
     except httpx.ReadTimeout:
         observation.timed_out = True
+    except httpx.TransportError as error:
+        observation.broken = _reason(error)
 
 
 class _EventCounter:
-    """Counts SSE events or NDJSON lines in the (decompressed) body, where it can."""
+    """Counts SSE events or NDJSON lines per read in the (decompressed) body, where it can."""
 
     def __init__(self) -> None:
-        self.decoder: zlib._Decompress | None = None
+        self.decoder: Any = None
         self.enabled = False
         self.separator = b"\n\n"
-        self.count = 0
+        self.per_read: list[int] = []
         self.tail = b""
 
     def configure(self, encoding: str | None, content_type: str | None) -> None:
@@ -220,12 +235,10 @@ class _EventCounter:
             self.enabled = False
             return
         text = (self.tail + data).replace(b"\r\n", b"\n")
-        self.count += text.count(self.separator)
-        self.tail = text[-(len(self.separator) - 1) :] if len(self.separator) > 1 else b""
-
-    @property
-    def events(self) -> int | None:
-        return self.count if self.enabled else None
+        self.per_read.append(text.count(self.separator))
+        # Keep what could start a separator split across reads, counted once.
+        keep = len(self.separator) - 1
+        self.tail = text[-keep:] if keep and not text.endswith(self.separator) else b""
 
 
 def judge(observation: Observation) -> Verdict:
@@ -234,6 +247,11 @@ def judge(observation: Observation) -> Verdict:
     if not 200 <= status < 300:
         return Verdict(EXIT_ERROR, f"error: HTTP {status}: not a successful response")
     arrivals = observation.arrivals
+    if observation.broken is not None:
+        received = f"{observation.body_bytes} bytes in {len(arrivals)} reads"
+        return Verdict(
+            EXIT_ERROR, f"error: the connection broke after {received}: {observation.broken}"
+        )
     if not arrivals:
         if observation.timed_out:
             return Verdict(EXIT_ERROR, "error: no body byte arrived before the timeout")
@@ -278,12 +296,27 @@ def judge(observation: Observation) -> Verdict:
             f"{(last_at if at_end else first_at):.2f} s ({described})",
             evidence,
         )
+    batch = _median_events_per_read(observation)
+    if batch is not None:
+        evidence.append(f"a read that completed events completed {batch} of them (median)")
+        if batch > MAX_EVENTS_PER_READ:
+            return Verdict(
+                EXIT_BUFFERS,
+                f"buffers: {observation.events} events arrived in {len(arrivals)} reads of up "
+                f"to {largest} bytes, {batch} at a time ({described})",
+                evidence,
+            )
     return Verdict(
         EXIT_STREAMS,
         f"streams: {len(arrivals)} reads spread over {last_at - first_at:.2f} s after the first "
         f"byte at {first_at:.2f} s ({described})",
         evidence,
     )
+
+
+def _median_events_per_read(observation: Observation) -> int | None:
+    counts = sorted(count for count in observation.events_per_read or () if count)
+    return counts[(len(counts) - 1) // 2] if counts else None
 
 
 def _describe(observation: Observation, content_type: str) -> str:

@@ -232,8 +232,12 @@ def _json_default(value: object) -> object:
 
 def serve(port: int, *, prometheus_port: int | None, behaviour: Behaviour) -> int:
     """``otel-stream demo --serve``: only the instrumented fake model, until Ctrl-C."""
-    sock = listen(port)
     telemetry = setup(prometheus_port=prometheus_port)
+    try:
+        sock = listen(port)
+    except OSError:
+        telemetry.shutdown()
+        raise
     host, bound = sock.getsockname()[:2]
     url = f"http://{host}:{bound}"
     print(f"otel-stream demo server on {url} (Ctrl-C stops it)")
