@@ -97,6 +97,8 @@ _STREAMING_TYPES = (b"text/event-stream", b"application/x-ndjson", b"application
 _BURST_GAP = 50e-6
 #: Sends timed after the app paused during a burst, before the burst path is tried again.
 _TIMED_AFTER_PAUSE = 16
+#: How long after the request body (or the response start) the disconnect watcher starts.
+_WATCH_AFTER = 0.001
 #: How deep ``_awaits`` follows a task's chain of awaits.
 _MAX_AWAIT_DEPTH = 64
 
@@ -313,6 +315,7 @@ class _Exchange:
         "suspended_at",
         "timed_left",
         "trailers_expected",
+        "watch_handle",
         "watch_scheduled",
         "watcher",
     )
@@ -366,6 +369,7 @@ class _Exchange:
         self.inbox_changed: asyncio.Event | None = None
         self.app_task: asyncio.Task[Any] | None = None
         self.watch_scheduled = False
+        self.watch_handle: asyncio.TimerHandle | None = None
         self.finished = False
         self.cancelled_on_disconnect = False
 
@@ -666,22 +670,26 @@ class _Exchange:
             self.disconnect_bytes = self.bytes
 
     def watch_for_disconnect(self) -> None:
-        """Start the watcher at the app's next pause.
+        """Start the watcher at the app's first pause after ``_WATCH_AFTER``.
 
-        Deferred with ``call_soon``: a response that completes without yielding to the
-        event loop (most non-streaming responses) is over before the callback runs, and
-        never pays for a task.
+        Deferred with ``call_later``: a response that completes within that time (most
+        non-streaming responses, even those that yield to the event loop) is over before
+        the callback runs, and never pays for a task. A disconnect in that time is still
+        seen: the watcher's first ``receive`` returns it.
         """
         if self.watch_scheduled or self.watcher is not None or self.app_task is None:
             return
         self.watch_scheduled = True
         try:
-            self.app_task.get_loop().call_soon(self.start_watcher)
+            self.watch_handle = self.app_task.get_loop().call_later(
+                _WATCH_AFTER, self.start_watcher
+            )
         except Exception as error:
             t.log_failure("disconnect watcher", error)
 
     def start_watcher(self) -> None:
         self.watch_scheduled = False
+        self.watch_handle = None
         if (
             self.watcher is not None
             or self.finished
@@ -741,6 +749,9 @@ class _Exchange:
         return message
 
     def stop_watcher(self) -> None:
+        if self.watch_handle is not None:
+            self.watch_handle.cancel()  # not started yet: it never will be
+            self.watch_handle = None
         watcher = self.watcher
         if watcher is not None and not watcher.done():
             watcher.cancel()
