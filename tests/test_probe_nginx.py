@@ -68,20 +68,24 @@ def test_proxy_buffering_off_without_gzip_streams(upstream: str) -> None:
     assert "  server: nginx/" in "\n".join(lines)  # the probe went through nginx
 
 
-def test_accel_buffering_header_from_the_app_makes_gzip_stream() -> None:
+def test_accel_buffering_header_from_the_app_rescues_both_buffering_configurations() -> None:
     """With the middleware's ``accel_buffering_header``, nginx turns its buffering off for
     that response, and its gzip filter then flushes every chunk: the stream survives
-    the very configuration that buffers above."""
+    both configurations that buffer above."""
     env = clean_env(OTEL_STREAM_ACCEL_BUFFERING_HEADER="true")
     with demo_server(env=env) as (app_url, _):
         direct_code, direct = probe(app_url)
         with nginx(app_url, GZIP_SSE) as url:
-            code, lines = probe(url)
+            gzip_code, gzip_lines = probe(url)
+        with nginx(app_url, "") as url:
+            default_code, default_lines = probe(url)
     assert direct_code == 0
     assert "  x-accel-buffering: no" in direct  # nginx consumes the header: ask the app
-    assert lines[-1].startswith("streams: "), lines
-    assert code == 0
-    assert "  content-encoding: gzip" in lines
+    assert gzip_lines[-1].startswith("streams: "), gzip_lines
+    assert gzip_code == 0
+    assert "  content-encoding: gzip" in gzip_lines
+    assert default_lines[-1].startswith("streams: "), default_lines
+    assert default_code == 0
 
 
 def test_read_timeout_shorter_than_the_first_token_cuts_the_stream(
