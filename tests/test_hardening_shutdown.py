@@ -1,0 +1,189 @@
+"""Nothing lost on shutdown: real server processes, SIGTERM, spans counted at an OTLP receiver.
+
+Every process exports through a ``BatchSpanProcessor`` whose schedule delay is ten
+minutes, so no span leaves the process unless otel-stream flushes it at shutdown.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.auto_support import ServerProcess
+from tests.hardening_support import (
+    EXPECTED_BODY,
+    HOLD_EVERYTHING,
+    WAYS,
+    dead_endpoint,
+    hanging_endpoint,
+    otel_stream_spans,
+    server_process,
+    streams_at_once,
+    terminate,
+    write_apps,
+)
+from tests.otlp_receiver import OTLPReceiver
+from tests.servers import SERVERS
+
+STREAMS = 6
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    with OTLPReceiver() as running:
+        yield running
+
+
+@pytest.fixture
+def apps(tmp_path: Path) -> Path:
+    return write_apps(tmp_path)
+
+
+def started(server: ServerProcess) -> ServerProcess:
+    server.start()
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def service(server: ServerProcess) -> str:
+    return server.env["OTEL_SERVICE_NAME"]
+
+
+def expected_spans(count: int) -> list[str]:
+    return sorted(["GET", "GET stream"] * count)
+
+
+@pytest.mark.parametrize("way", list(WAYS))
+@pytest.mark.parametrize("server_name", SERVERS)
+def test_sigterm_right_after_the_streams_loses_no_span(
+    receiver: OTLPReceiver, apps: Path, server_name: str, way: str
+) -> None:
+    server = started(server_process(apps, way, server_name, receiver.endpoint, **HOLD_EVERYTHING))
+    try:
+        bodies = streams_at_once(server.url + "/", STREAMS)
+        assert bodies == [EXPECTED_BODY] * STREAMS
+        assert otel_stream_spans(receiver, service(server)) == []  # all held in the queue
+        terminate(server)
+    finally:
+        server.stop()
+    assert receiver.wait_for(lambda: len(otel_stream_spans(receiver, service(server))) >= 12)
+    assert otel_stream_spans(receiver, service(server)) == expected_spans(STREAMS), server.stderr()
+
+
+@pytest.mark.parametrize("server_name", SERVERS)
+def test_streams_in_flight_at_sigterm_finish_and_their_spans_arrive(
+    receiver: OTLPReceiver, apps: Path, server_name: str
+) -> None:
+    """The graceful shutdown lets running streams end; their spans end after the signal."""
+    server = started(
+        server_process(apps, "middleware", server_name, receiver.endpoint, **HOLD_EVERYTHING)
+    )
+    bodies: list[bytes] = []
+    try:
+        client = threading.Thread(
+            target=lambda: bodies.extend(streams_at_once(server.url + "/0.15", STREAMS))
+        )
+        client.start()
+        time.sleep(0.2)  # every stream has sent its first chunk and waits for the next
+        terminate(server)
+        client.join(10)
+    finally:
+        server.stop()
+    assert bodies == [EXPECTED_BODY] * STREAMS
+    assert receiver.wait_for(lambda: len(otel_stream_spans(receiver, service(server))) >= 12)
+    assert otel_stream_spans(receiver, service(server)) == expected_spans(STREAMS)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Auto-instrumented uvicorn without lifespan: the middleware is built inside "
+    "uvicorn's capture_signals, so the chained SIGTERM handler flushes when the signal "
+    "arrives, before in-flight streams end, and uvicorn then restores SIG_DFL and "
+    "re-raises: the spans of streams in flight are lost (fix: flush after "
+    "uvicorn.server.Server.shutdown, see docs/reliability.md)",
+)
+@pytest.mark.parametrize("way", ["opentelemetry-instrument", "OTEL_STREAM_ENABLED"])
+def test_auto_instrumented_uvicorn_without_lifespan_keeps_in_flight_spans(
+    receiver: OTLPReceiver, apps: Path, way: str
+) -> None:
+    server = started(
+        server_process(
+            apps, way, "uvicorn", receiver.endpoint, "--lifespan", "off", **HOLD_EVERYTHING
+        )
+    )
+    bodies: list[bytes] = []
+    try:
+        client = threading.Thread(
+            target=lambda: bodies.extend(streams_at_once(server.url + "/0.15", STREAMS))
+        )
+        client.start()
+        time.sleep(0.2)
+        terminate(server)
+        client.join(10)
+    finally:
+        server.stop()
+    assert bodies == [EXPECTED_BODY] * STREAMS
+    receiver.wait_for(lambda: len(otel_stream_spans(receiver, service(server))) >= 12, 2)
+    assert otel_stream_spans(receiver, service(server)) == expected_spans(STREAMS)
+
+
+FLUSH_TIMEOUT = 1.5
+MARGIN = 1.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="uvicorn waits for the timeout twice (lifespan flush, then SIGTERM flush); "
+    "hypercorn exits normally and the SDK's atexit shutdown waits for the exporter's own "
+    "timeout (fix in otel_stream.shutdown.flush: after a flush times out, skip later "
+    "flushes and atexit.unregister each provider's shutdown; see docs/reliability.md)",
+)
+def test_a_dead_or_hanging_exporter_cannot_hold_the_shutdown(apps: Path) -> None:
+    """Four processes at once (dead / hanging endpoint x uvicorn / hypercorn), each with
+    spans queued; each must exit within the flush timeout plus a small margin."""
+    with hanging_endpoint() as hanging:
+        endpoints = {"dead": dead_endpoint(), "hanging": hanging}
+        variables = {
+            **HOLD_EVERYTHING,
+            "OTEL_STREAM_SHUTDOWN_FLUSH_TIMEOUT": str(FLUSH_TIMEOUT),
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "5",
+        }
+        servers = {
+            (kind, name): server_process(apps, "middleware", name, endpoint, **variables)
+            for kind, endpoint in endpoints.items()
+            for name in SERVERS
+        }
+        exit_times: dict[tuple[str, str], float] = {}
+        try:
+            for server in servers.values():
+                server.start()
+            for server in servers.values():
+                server.wait_ready()
+                assert streams_at_once(server.url + "/", 2) == [EXPECTED_BODY] * 2
+            threads = [
+                threading.Thread(
+                    target=lambda key=key, server=server: exit_times.__setitem__(
+                        key, terminate(server)
+                    )
+                )
+                for key, server in servers.items()
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+        finally:
+            for server in servers.values():
+                server.stop()
+    limit = FLUSH_TIMEOUT + MARGIN
+    slow = {key: round(took, 2) for key, took in exit_times.items() if took > limit}
+    assert len(exit_times) == len(servers)
+    assert slow == {}, f"exit took longer than {FLUSH_TIMEOUT} s + {MARGIN} s: {slow}"
