@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--token-interval",
-        type=_non_negative_float,
+        type=_positive_float,
         default=0.025,
         help="seconds between tokens (default 0.025)",
     )
