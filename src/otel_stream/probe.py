@@ -338,11 +338,11 @@ def hints(observation: Observation, verdict: Verdict) -> list[str]:
             "exclude text/event-stream from compression (nginx: gzip_types; Starlette's "
             "GZipMiddleware already does)"
         )
-    accel = observation.header("x-accel-buffering")
-    if accel is None:
+    if observation.header("x-accel-buffering") is None:
         found.append(
-            "no X-Accel-Buffering header: behind nginx, send 'X-Accel-Buffering: no' "
-            "(StreamingMiddleware(accel_buffering_header=True)) or set proxy_buffering off"
+            "behind nginx: set proxy_buffering off, or have the app send "
+            "'X-Accel-Buffering: no' (StreamingMiddleware(accel_buffering_header=True)); "
+            "nginx removes that header, so its absence here proves nothing"
         )
     if observation.header("content-length") is not None:
         found.append(
