@@ -194,3 +194,20 @@ def test_completed_with_trailers_waits_for_the_trailers(telemetry: Telemetry) ->
     assert len(asyncio.run(drive("/with-trailers"))) == 4
     assert len(asyncio.run(drive("/without"))) == 3
     assert reasons(telemetry) == {("completed", "streaming"): 1, ("incomplete", "streaming"): 1}
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_client_reading_to_the_end_with_connection_close_is_completed(
+    telemetry: Telemetry, server: str
+) -> None:
+    """hypercorn closes the connection inside the final send and reports a disconnect."""
+    app = StreamingMiddleware(starlette_app(count=3, pace=0.01), **telemetry.providers)
+    with serve(app, server) as url:
+        sock = open_request(url + "/stream/1", headers={"Connection": "close"})
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        sock.close()
+        assert received.endswith(b"data: 2\n\n") or b"data: 2\n\n" in received
+        assert wait_until(lambda: ended(telemetry), timeout=10)
+    assert reasons(telemetry) == {("completed", "streaming"): 1}

@@ -20,22 +20,6 @@ Choices made on purpose (read before "fixing"):
 * **Nothing per chunk.** A 2,000-token answer is 2,000 body messages. Per message the
   middleware does a clock read, a few integer adds and the awaited ``send``; spans and
   metrics are touched at the first byte and at the end only.
-* **Send wait, and the burst path.** ``send`` is a plain function. A body chunk that
-  follows the previous one within 50 µs (a burst: the app is producing faster than a
-  coroutine of ours would cost) is counted and handed to the server's ``send`` as is:
-  the app awaits the server's own awaitable, with no frame of ours around it. Every
-  other message (the first byte, the final one, a chunk after a pause) goes through a
-  coroutine that awaits the server's ``send`` and times it. A wait inside a burst send
-  is still seen: the first burst send schedules one loop callback, which runs only when
-  the sending task pauses; if the task is then suspended inside that very send (its
-  chain of awaits reaches it), the wait is timed from there until the awaited future is
-  done or the next send arrives, whichever comes first, and the following sends are
-  timed. So ``http.stream.send_wait`` counts the time sends spent suspended (client
-  backpressure), to within a loop turn, but not the few microseconds of CPU a burst send
-  spends in the server without suspending. A burst send awaited in another task than
-  the one that called ``send`` (``asyncio.wait_for``, ``shield``) is not seen waiting.
-  An OSError out of a burst send reaches the middleware through the app; its traceback
-  passing through the server's send makes it a client disconnect.
 """
 
 from __future__ import annotations
@@ -45,7 +29,6 @@ import collections
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter, time_ns
-from types import CoroutineType
 from typing import Any, cast
 
 from opentelemetry import context, propagate, trace
@@ -93,14 +76,8 @@ _ZEROCOPY = "http.response.zerocopysend"
 _PATHSEND = "http.response.pathsend"
 _DISCONNECT = "http.disconnect"
 _STREAMING_TYPES = (b"text/event-stream", b"application/x-ndjson", b"application/jsonl")
-#: A chunk sent sooner than this after the previous one is in a burst: see "Send wait".
-_BURST_GAP = 50e-6
-#: Sends timed after the app paused during a burst, before the burst path is tried again.
-_TIMED_AFTER_PAUSE = 16
 #: How long after the request body (or the response start) the disconnect watcher starts.
 _WATCH_AFTER = 0.001
-#: How deep ``_awaits`` follows a task's chain of awaits.
-_MAX_AWAIT_DEPTH = 64
 
 
 class StreamingMiddleware:
@@ -235,29 +212,6 @@ def _is_disconnect_error(error: BaseException) -> bool:
     return type(error).__name__ in ("ClientDisconnect", "ClientDisconnected")
 
 
-def _awaits(task: asyncio.Task[Any], target: object) -> bool:
-    """Whether ``task`` is suspended inside the coroutine ``target`` (a chain walk)."""
-    node: Any = task.get_coro()
-    for _ in range(_MAX_AWAIT_DEPTH):
-        if node is target:
-            return True
-        node = getattr(node, "cr_await", None) or getattr(node, "gi_yieldfrom", None)
-        if node is None:
-            return False
-    return False
-
-
-def _raised_in(error: BaseException, sending: object) -> bool:
-    """Whether ``error``'s traceback passes through the coroutine ``sending``'s code."""
-    code = getattr(sending, "cr_code", None)
-    traceback = error.__traceback__
-    while traceback is not None and code is not None:
-        if traceback.tb_frame.f_code is code:
-            return True
-        traceback = traceback.tb_next
-    return False
-
-
 class _Exchange:
     """The state of one instrumented request, from receipt to the end of its body."""
 
@@ -269,12 +223,10 @@ class _Exchange:
         "app_receiving",
         "app_task",
         "body_complete",
-        "burst",
-        "burst_possible",
         "bytes",
         "cancelled_on_disconnect",
-        "check_scheduled",
         "chunks",
+        "completing",
         "context",
         "disconnect_bytes",
         "disconnect_chunks",
@@ -300,8 +252,6 @@ class _Exchange:
         "scope",
         "send_failed",
         "send_wait",
-        "sending",
-        "sending_task",
         "server_receive",
         "server_send",
         "span_name",
@@ -312,8 +262,6 @@ class _Exchange:
         "stream_span",
         "stream_span_open",
         "streaming",
-        "suspended_at",
-        "timed_left",
         "trailers_expected",
         "watch_handle",
         "watch_scheduled",
@@ -349,14 +297,6 @@ class _Exchange:
         self.max_chunk_gap = 0.0
         self.send_wait = 0.0
         self.reader: PayloadReader | None = None
-        # The burst path (see "Send wait"); on from the first byte under asyncio.
-        self.burst = False
-        self.burst_possible = False
-        self.sending: Awaitable[None] | None = None  # the last send handed to the app as is
-        self.sending_task: asyncio.Task[Any] | None = None
-        self.check_scheduled = False
-        self.suspended_at: float | None = None  # a burst send found waiting, since then
-        self.timed_left = 0
         # Disconnect detection.
         self.disconnected_at: float | None = None
         self.disconnect_chunks = 0
@@ -370,6 +310,7 @@ class _Exchange:
         self.app_task: asyncio.Task[Any] | None = None
         self.watch_scheduled = False
         self.watch_handle: asyncio.TimerHandle | None = None
+        self.completing = False  # the message that completes the response is being sent
         self.finished = False
         self.cancelled_on_disconnect = False
 
@@ -468,119 +409,37 @@ class _Exchange:
         finally:
             context.detach(token)
 
-    def send(self, message: Message) -> Awaitable[None]:
-        """The app's ``send``. The hot path is the first branch: see "Send wait" above."""
-        try:
-            if self.burst and message["more_body"] and message["type"] == _BODY:
-                body = message["body"]
-                now = perf_counter()
-                gap = now - self.last_chunk_at
-                if body:
-                    if gap > self.max_chunk_gap:
-                        self.max_chunk_gap = gap
-                    self.last_chunk_at = now
-                    self.chunks += 1
-                    self.bytes += len(body)
-                    if self.reader is not None:
-                        try:
-                            self.reader.feed(body)
-                        except Exception as error:  # readers never raise; a second defence
-                            self.reader_failed(error)
-                    if gap < _BURST_GAP:
-                        # Within a burst: the app awaits the server's send, no frame of ours.
-                        sending = self.sending = self.server_send(message)
-                        if not self.check_scheduled:
-                            self.schedule_send_check()
-                        return sending
-                    return self.send_timed(message, now)
-        except KeyError:  # "more_body" or "body" left out: the general path reads defaults
-            pass
+    async def send(self, message: Message) -> None:
         if self.streaming and message["type"] == _BODY:
-            return self.send_body(message)
-        return self.send_other(message)
-
-    async def send_timed(self, message: Message, now: float) -> None:
-        """Await the server's send for a counted middle chunk, and time it."""
-        try:
-            await self.server_send(message)
-        except BaseException as error:
-            self.send_raised(error)
-            raise
-        self.send_wait += perf_counter() - now
-
-    async def send_body(self, message: Message) -> None:
-        """A body message of a stream outside a burst: the final one, an empty one, or any
-        while the burst path is off (after a pause of the app or a wait inside send)."""
-        body = message.get("body", b"")
-        size = len(body)
-        now = perf_counter()
-        if self.suspended_at is not None:
-            self.send_wait += now - self.suspended_at  # the burst send that waited is done
-            self.suspended_at = None
-        if size:
-            gap = now - self.last_chunk_at
-            if gap > self.max_chunk_gap:
-                self.max_chunk_gap = gap
-            self.last_chunk_at = now
-            self.chunks += 1
-            self.bytes += size
-            if self.reader is not None:
-                try:
-                    self.reader.feed(body)
-                except Exception as error:  # readers never raise; a second line of defence
-                    self.reader_failed(error)
-        more_body = message.get("more_body", False)
-        try:
-            await self.server_send(message)
-        except BaseException as error:
-            self.send_raised(error)
-            raise
-        self.send_wait += perf_counter() - now
-        if not more_body:
-            self.body_ended()
-        elif self.timed_left:
-            self.timed_left -= 1
-        else:
-            self.burst = self.burst_possible
-
-    def schedule_send_check(self) -> None:
-        """Check, at the app's next pause, whether it waits inside the server's send."""
-        try:
-            self.sending_task = asyncio.current_task()
-            if self.sending_task is None or type(self.sending) is not CoroutineType:
-                raise RuntimeError("send is not a coroutine of an asyncio task")
-            self.sending_task.get_loop().call_soon(self.check_send)
-            self.check_scheduled = True
-        except Exception:  # no asyncio task, or a server send of another kind: time every send
-            self.burst = self.burst_possible = False
-
-    def check_send(self, _waiter: object = None) -> None:
-        """Runs when the task that sent a burst chunk paused (or its wait inside send ended).
-
-        Inside the server's send: the client is slow. Note when the wait began, check again
-        when the awaited future is done, and time sends from now on (the next one also
-        ends this wait). Paused anywhere else: the burst is over; close a wait left open and
-        time the next few sends, so an app that pauses often does not pay for this check.
-        """
-        self.check_scheduled = False
-        if self.finished:
+            # The hot path: one clock read before and one after the awaited send.
+            body = message.get("body", b"")
+            size = len(body)
+            now = perf_counter()
+            if size:
+                gap = now - self.last_chunk_at
+                if gap > self.max_chunk_gap:
+                    self.max_chunk_gap = gap
+                self.last_chunk_at = now
+                self.chunks += 1
+                self.bytes += size
+                if self.reader is not None:
+                    try:
+                        self.reader.feed(body)
+                    except Exception as error:  # readers never raise; a second line of defence
+                        self.reader_failed(error)
+            more_body = message.get("more_body", False)
+            if not more_body:
+                self.completing = not self.trailers_expected
+            try:
+                await self.server_send(message)
+            except BaseException as error:
+                self.send_raised(error)
+                raise
+            self.send_wait += perf_counter() - now
+            if not more_body:
+                self.body_ended()
             return
-        now = perf_counter()
-        task = self.sending_task
-        if task is not None and not task.done() and _awaits(task, self.sending):
-            if self.suspended_at is None:
-                self.suspended_at = now
-            self.burst = False
-            waiter = getattr(task, "_fut_waiter", None)
-            if waiter is not None:
-                waiter.add_done_callback(self.check_send)
-                self.check_scheduled = True
-            return
-        if self.suspended_at is not None:
-            self.send_wait += now - self.suspended_at
-            self.suspended_at = None
-        self.burst = False
-        self.timed_left = _TIMED_AFTER_PAUSE
+        await self.send_other(message)
 
     async def send_other(self, message: Message) -> None:
         """Every message but a streaming body chunk: headers, first byte, trailers."""
@@ -616,6 +475,10 @@ class _Exchange:
                 first_byte = final or not self.sse or sse_chunk_has_event(message["body"])
             elif final:
                 first_byte = True  # an empty response: complete is as good as first byte
+        if (final and not self.trailers_expected) or (
+            kind == _TRAILERS and not message.get("more_trailers", False)
+        ):
+            self.completing = True
         try:
             await self.server_send(message)
         except BaseException as error:
@@ -664,7 +527,12 @@ class _Exchange:
             self.disconnected()
 
     def disconnected(self) -> None:
-        if self.disconnected_at is None and not self.response_complete:
+        """The client left; it matters only before the final message was handed over.
+
+        A server may close the connection while it sends the final message (hypercorn
+        with ``Connection: close``) and report a disconnect before that send returns.
+        """
+        if self.disconnected_at is None and not self.response_complete and not self.completing:
             self.disconnected_at = perf_counter()
             self.disconnect_chunks = self.chunks
             self.disconnect_bytes = self.bytes
@@ -842,7 +710,6 @@ class _Exchange:
         self.first_byte_at = at
         self.last_chunk_at = at
         self.streaming = not final
-        self.burst = self.burst_possible = not final and self.app_task is not None
         ttfb = at - self.started_at
         try:
             self.learn_route()
@@ -940,7 +807,6 @@ class _Exchange:
             self.record_end(error)
         except Exception as failure:
             t.log_failure("request end", failure)
-        self.sending = self.sending_task = None
         try:  # whatever failed above, every span ends and the counter is balanced
             if self.stream_span_open and self.stream_span is not None:
                 self.stream_span_open = False
@@ -959,10 +825,7 @@ class _Exchange:
 
     def record_end(self, error: BaseException | None) -> None:
         now = perf_counter()
-        if error is not None and (
-            _is_disconnect_error(error)
-            or (isinstance(error, OSError) and _raised_in(error, self.sending))
-        ):  # the server's ClientDisconnect, or an OSError out of a send of the burst path
+        if error is not None and _is_disconnect_error(error):
             self.send_failed = True
             error = None
         reader_summary = None
@@ -984,9 +847,6 @@ class _Exchange:
             ended_at = self.disconnected_at
             chunks, size = self.disconnect_chunks, self.disconnect_bytes
         ended_ns = self.started_at_ns + int((ended_at - self.started_at) * 1e9)
-        if self.suspended_at is not None:  # ended while a burst send was waiting
-            self.send_wait += max(0.0, ended_at - self.suspended_at)
-            self.suspended_at = None
 
         self.learn_route()
         stream_span = self.stream_span
