@@ -14,8 +14,8 @@ received per second and each stream's time to first byte (request sent to the fi
 ``data:`` received). Rounds alternate the rows in a rotating order, so the slow drift of a
 shared machine hits every row alike; throughput ratios are medians of per-round ratios.
 
-    python bench/load.py            # about 90 s
-    python bench/load.py --quick    # about 15 s, rougher
+    python bench/load.py            # about 40 s
+    python bench/load.py --quick    # about 6 s, rougher
 """
 
 from __future__ import annotations
