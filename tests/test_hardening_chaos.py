@@ -349,14 +349,6 @@ def test_generated_apps_and_clients_keep_the_books_balanced(
         telemetry.shutdown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="response_started sets http.response.status_code (and more) on the request span "
-    "even when it has already ended (a second start, or a start after a body): the SDK "
-    "warns 'Setting attribute on ended span.' for every such request (fix: in "
-    "_Exchange.response_started, return the message untouched when self.status is not "
-    "None or self.first_byte_at is not None)",
-)
 @pytest.mark.parametrize(
     "script",
     [[("start",), ("body", 1, True), ("start",)], [("body", 1, True), ("start",)]],

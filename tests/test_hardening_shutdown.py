@@ -102,14 +102,6 @@ def test_streams_in_flight_at_sigterm_finish_and_their_spans_arrive(
     assert otel_stream_spans(receiver, service(server)) == expected_spans(STREAMS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Auto-instrumented uvicorn without lifespan: the middleware is built inside "
-    "uvicorn's capture_signals, so the chained SIGTERM handler flushes when the signal "
-    "arrives, before in-flight streams end, and uvicorn then restores SIG_DFL and "
-    "re-raises: the spans of streams in flight are lost (fix: flush after "
-    "uvicorn.server.Server.shutdown, see docs/reliability.md)",
-)
 @pytest.mark.parametrize("way", ["opentelemetry-instrument", "OTEL_STREAM_ENABLED"])
 def test_auto_instrumented_uvicorn_without_lifespan_keeps_in_flight_spans(
     receiver: OTLPReceiver, apps: Path, way: str
@@ -139,13 +131,6 @@ FLUSH_TIMEOUT = 1.5
 MARGIN = 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn waits for the timeout twice (lifespan flush, then SIGTERM flush); "
-    "hypercorn exits normally and the SDK's atexit shutdown waits for the exporter's own "
-    "timeout (fix in otel_stream.shutdown.flush: after a flush times out, skip later "
-    "flushes and atexit.unregister each provider's shutdown; see docs/reliability.md)",
-)
 def test_a_dead_or_hanging_exporter_cannot_hold_the_shutdown(apps: Path) -> None:
     """Four processes at once (dead / hanging endpoint x uvicorn / hypercorn), each with
     spans queued; each must exit within the flush timeout plus a small margin."""

@@ -650,6 +650,8 @@ class _Exchange:
     # Span and metric updates, each at most once per exchange --------------------------
 
     def response_started(self, message: Message) -> Message:
+        if self.status is not None or self.first_byte_at is not None:
+            return message  # a second start (a protocol violation): the server will refuse it
         try:
             self.status = int(message.get("status", 200))
             content_type = b""

@@ -12,6 +12,7 @@ shutdown. Providers without ``force_flush`` (the API's no-op ones) are skipped.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import signal
 import threading
@@ -33,6 +34,7 @@ _providers: list[Any] = []  # explicit providers; None entries stand for the glo
 _use_global = False
 _previous_sigterm: Any = None
 _sigterm_installed = False
+_timed_out = False
 
 
 def flush_timeout() -> float:
@@ -65,7 +67,15 @@ def _targets() -> list[Any]:
 
 
 def flush(timeout: float | None = None) -> bool:
-    """Flush every registered provider within ``timeout`` seconds; True if all finished."""
+    """Flush every registered provider within ``timeout`` seconds; True if all finished.
+
+    After one flush has timed out the exporter is taken as dead: later flushes return at
+    once, and the SDK's own exit-time shutdown of those providers is unregistered, so a
+    dead or hanging exporter costs the shutdown one timeout, not one per hook.
+    """
+    global _timed_out
+    if _timed_out:
+        return False
     timeout = flush_timeout() if timeout is None else timeout
     targets = _targets()
     if not targets:
@@ -86,6 +96,11 @@ def flush(timeout: float | None = None) -> bool:
 
     threading.Thread(target=run, name="otel-stream-flush", daemon=True).start()
     if not done.wait(timeout):
+        _timed_out = True
+        for provider in targets:
+            shutdown = getattr(provider, "shutdown", None)
+            if callable(shutdown):
+                atexit.unregister(shutdown)
         logger.warning("otel-stream: telemetry flush did not finish within %.1f s", timeout)
         return False
     return True
@@ -104,13 +119,40 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def install_sigterm_handler() -> None:
-    """Chain a flushing SIGTERM handler (main thread only; never replaces it twice)."""
+    """Chain a flushing SIGTERM handler (main thread only; never replaces it twice).
+
+    If a uvicorn server already holds SIGTERM (the app was loaded after uvicorn took the
+    signal: auto-instrumentation, ``--workers``, ``--reload``), its handler is left alone:
+    replacing it would flush before the graceful shutdown, and uvicorn would then restore
+    the default handler and re-raise. Instead the server's ``shutdown`` flushes when done.
+    """
     global _previous_sigterm, _sigterm_installed
     if _sigterm_installed or threading.current_thread() is not threading.main_thread():
         return
     try:
-        _previous_sigterm = signal.getsignal(signal.SIGTERM)
+        current = signal.getsignal(signal.SIGTERM)
+        server = getattr(current, "__self__", None)
+        if server is not None and type(server).__module__.startswith("uvicorn."):
+            _flush_after_shutdown(server)
+            return
+        _previous_sigterm = current
         signal.signal(signal.SIGTERM, _on_sigterm)
         _sigterm_installed = True
     except (ValueError, OSError) as error:  # no signals here (embedded interpreter, ...)
         logger.debug("otel-stream: SIGTERM handler not installed: %s", error)
+
+
+def _flush_after_shutdown(server: Any) -> None:
+    """Make a uvicorn ``Server`` flush telemetry once its graceful shutdown is done."""
+    original = getattr(server, "shutdown", None)
+    if not callable(original) or getattr(original, "_otel_stream_flushes", False):
+        return
+
+    async def shutdown_then_flush(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            flush()
+
+    shutdown_then_flush._otel_stream_flushes = True  # type: ignore[attr-defined]
+    server.shutdown = shutdown_then_flush
