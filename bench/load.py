@@ -34,6 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _servers import wait_ready  # bench/ is on sys.path when a script runs
+
 BARE = "bare uvicorn"
 OTEL_STREAM = "otel-stream"
 UPSTREAM = "otel asgi (default)"
@@ -56,6 +58,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
 
 CHUNKS = int(os.environ["BENCH_CHUNKS"])
 EVENT = (
@@ -181,19 +184,6 @@ def start_server(directory: Path, row: str, chunks: int) -> tuple[subprocess.Pop
     argv += ["--lifespan", "off", "--backlog", "4096"]
     process = subprocess.Popen(argv, env=env, cwd=directory, stderr=subprocess.DEVNULL)
     return process, port
-
-
-def wait_ready(process: subprocess.Popen[bytes], port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start")
 
 
 class Generator:

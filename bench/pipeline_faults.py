@@ -33,6 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from _servers import wait_ready  # bench/ is on sys.path when a script runs
+
 SERVER_APP = """
 import asyncio
 
@@ -44,6 +46,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_stream import StreamingMiddleware
+
 
 
 async def sse(scope, receive, send):
@@ -123,19 +126,6 @@ def start_server(directory: Path, endpoint: str) -> tuple[subprocess.Popen[bytes
     argv += ["--port", str(port), "--log-level", "warning", "--lifespan", "off"]
     process = subprocess.Popen(argv, env=env, cwd=directory, stderr=subprocess.DEVNULL)
     return process, port
-
-
-def wait_ready(process: subprocess.Popen[bytes], port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start")
 
 
 def time_to_first_byte(port: int) -> float:
