@@ -264,7 +264,6 @@ class _Exchange:
         "streaming",
         "trailers_expected",
         "watch_handle",
-        "watch_scheduled",
         "watcher",
     )
 
@@ -308,7 +307,6 @@ class _Exchange:
         self.inbox: collections.deque[Message] = collections.deque()
         self.inbox_changed: asyncio.Event | None = None
         self.app_task: asyncio.Task[Any] | None = None
-        self.watch_scheduled = False
         self.watch_handle: asyncio.TimerHandle | None = None
         self.completing = False  # the message that completes the response is being sent
         self.finished = False
@@ -475,9 +473,8 @@ class _Exchange:
                 first_byte = final or not self.sse or sse_chunk_has_event(message["body"])
             elif final:
                 first_byte = True  # an empty response: complete is as good as first byte
-        if (final and not self.trailers_expected) or (
-            kind == _TRAILERS and not message.get("more_trailers", False)
-        ):
+        trailers_done = kind == _TRAILERS and not message.get("more_trailers", False)
+        if (final and not self.trailers_expected) or trailers_done:
             self.completing = True
         try:
             await self.server_send(message)
@@ -487,7 +484,7 @@ class _Exchange:
         if first_byte:
             self.send_wait += perf_counter() - now
             self.first_byte(now, final)
-        if kind == _TRAILERS and not message.get("more_trailers", False):
+        if trailers_done:
             self.response_complete = True
             self.ended_at = perf_counter()
         elif final:
@@ -545,9 +542,8 @@ class _Exchange:
         the callback runs, and never pays for a task. A disconnect in that time is still
         seen: the watcher's first ``receive`` returns it.
         """
-        if self.watch_scheduled or self.watcher is not None or self.app_task is None:
+        if self.watch_handle is not None or self.watcher is not None or self.app_task is None:
             return
-        self.watch_scheduled = True
         try:
             self.watch_handle = self.app_task.get_loop().call_later(
                 _WATCH_AFTER, self.start_watcher
@@ -556,7 +552,6 @@ class _Exchange:
             t.log_failure("disconnect watcher", error)
 
     def start_watcher(self) -> None:
-        self.watch_scheduled = False
         self.watch_handle = None
         if (
             self.watcher is not None
@@ -751,16 +746,21 @@ class _Exchange:
                 if self.active_open:
                     self.active_open = False
                     active.add(-1, self.active_attributes)
-                self.active_attributes = {
-                    t.HTTP_REQUEST_METHOD: self.metric_attributes[t.HTTP_REQUEST_METHOD],
-                    t.PHASE: termination.PHASE_STREAMING,
-                }
-                if self.route:
-                    self.active_attributes[t.HTTP_ROUTE] = self.route
+                self.active_attributes = self.method_and_route()
+                self.active_attributes[t.PHASE] = termination.PHASE_STREAMING
                 active.add(1, self.active_attributes)
                 self.active_open = True
         except Exception as error:
             t.log_failure("first byte metrics", error)
+
+    def method_and_route(self) -> dict[str, Any]:
+        """The low-cardinality attributes of the smaller metrics (a new dict each call)."""
+        attributes: dict[str, Any] = {
+            t.HTTP_REQUEST_METHOD: self.metric_attributes[t.HTTP_REQUEST_METHOD]
+        }
+        if self.route:
+            attributes[t.HTTP_ROUTE] = self.route
+        return attributes
 
     def body_ended(self) -> None:
         self.body_complete = True
@@ -789,13 +789,7 @@ class _Exchange:
             return
         ttft = first_token_at - self.started_at
         span.set_attribute(t.STREAM_TIME_TO_FIRST_TOKEN, ttft)
-        if span is not self.request_span and self.request_span.is_recording():
-            self.request_span.set_attribute(t.STREAM_TIME_TO_FIRST_TOKEN, ttft)
-        small: dict[str, Any] = {
-            key: self.metric_attributes[key]
-            for key in (t.HTTP_REQUEST_METHOD, t.HTTP_ROUTE)
-            if key in self.metric_attributes
-        }
+        small = self.method_and_route()
         self.instruments.time_to_first_token.record(ttft, small)
         output_tokens = summary.output_tokens
         if output_tokens is not None and output_tokens > 1 and ended_at > first_token_at:
@@ -902,11 +896,7 @@ class _Exchange:
                 stream_span.set_attribute(t.HTTP_RESPONSE_STATUS_CODE, self.status)
             self.stream_span_open = False
             stream_span.end(end_time=ended_ns)
-            small: dict[str, Any] = {
-                key: attributes[key]
-                for key in (t.HTTP_REQUEST_METHOD, t.HTTP_ROUTE)
-                if key in attributes
-            }
+            small = self.method_and_route()
             with_reason: dict[str, Any] = {**small, t.TERMINATION_REASON: reason}
             instruments = self.instruments
             instruments.duration.record(duration, attributes)
