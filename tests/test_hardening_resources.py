@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import socket
 import threading
-import time
 import tracemalloc
 from typing import Any
 
@@ -19,6 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
 from otel_stream import StreamingMiddleware
+from tests.rawclient import read_slowly
 from tests.servers import SERVERS, serve, wait_until
 from tests.telemetry_harness import Telemetry
 
@@ -166,21 +165,11 @@ class ProgressApp:
         await send({"type": "http.response.body", "body": b""})
 
 
-def read_slowly(url: str, app: ProgressApp) -> tuple[int, int]:
-    """Small receive buffer, nothing read for STALL seconds, then 4 KiB at a time.
-    Returns (bytes the app had sent when the stall ended, bytes read)."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(10)
-        sock.connect((host, int(port)))
-        sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        time.sleep(STALL)
-        sent_during_stall = app.sent
-        total = 0
-        while data := sock.recv(4096):
-            total += len(data)
-    return sent_during_stall, total
+def read_slowly_noting(url: str, app: ProgressApp) -> tuple[int, int]:
+    """Read slowly; returns (bytes the app had sent when the stall ended, bytes read)."""
+    sent_during_stall: list[int] = []
+    total = read_slowly(url + "/", STALL, lambda: sent_during_stall.append(app.sent))
+    return sent_during_stall[0], total
 
 
 def read_fast(url: str) -> int:
@@ -205,7 +194,7 @@ def test_a_slow_reader_is_send_wait_and_its_backpressure_reaches_the_app(
         assert read_fast(url) == CHUNKS * len(CHUNK)
         fast_wait = send_wait_of_last_stream(telemetry, 1)
         app.sent = 0
-        sent_during_stall, received = read_slowly(url, app)
+        sent_during_stall, received = read_slowly_noting(url, app)
         slow_wait = send_wait_of_last_stream(telemetry, 2)
     assert received > CHUNKS * len(CHUNK)  # everything arrived (plus the HTTP framing)
     # While the client read nothing, the app was held back by the socket buffers: the
@@ -225,7 +214,9 @@ def test_the_app_is_held_back_as_much_with_the_middleware_as_without(
         served = StreamingMiddleware(app, **telemetry.providers) if instrumented else app
         with serve(served, "uvicorn") as url:
             result: list[tuple[int, int]] = []
-            reader = threading.Thread(target=lambda r=result, a=app: r.append(read_slowly(url, a)))
+            reader = threading.Thread(
+                target=lambda r=result, a=app: r.append(read_slowly_noting(url, a))
+            )
             reader.start()
             reader.join(20)
         held[instrumented] = result[0][0]

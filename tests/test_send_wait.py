@@ -9,8 +9,6 @@ by such a send is still a client disconnect.
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +22,7 @@ from starlette.routing import Route
 
 from otel_stream import StreamingMiddleware
 from tests.apps import read_body, start
+from tests.rawclient import read_slowly
 from tests.servers import SERVERS, serve, wait_until
 from tests.telemetry_harness import Telemetry
 
@@ -56,22 +55,6 @@ def starlette_burst_app() -> Starlette:
 STALL = 0.3
 
 
-def read_slowly(url: str) -> int:
-    """A client with a small receive buffer that reads nothing for ``STALL`` seconds, then
-    4 KiB at a time; returns the bytes read."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(10)
-        sock.connect((host, int(port)))
-        sock.sendall(f"GET /burst HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        time.sleep(STALL)
-        total = 0
-        while data := sock.recv(4096):
-            total += len(data)
-    return total
-
-
 def stream_span(telemetry: Telemetry) -> ReadableSpan:
     assert wait_until(lambda: any(span.name.endswith(" stream") for span in telemetry.spans()))
     (span,) = [span for span in telemetry.spans() if span.name.endswith(" stream")]
@@ -85,7 +68,7 @@ def test_a_slow_reader_shows_as_send_wait(
 ) -> None:
     app = starlette_burst_app() if starlette else burst_app
     with serve(StreamingMiddleware(app, **telemetry.providers), server) as url:
-        received = read_slowly(url)
+        received = read_slowly(url + "/burst", STALL)
     assert received > CHUNKS * len(CHUNK)
     span = stream_span(telemetry)
     attributes = span.attributes or {}
