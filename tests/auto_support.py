@@ -36,10 +36,9 @@ async def tokens():
         yield f"data: {i}\\n\\n"
 """
 
-APPS: dict[str, str] = {
-    # A bare ASGI app: only the server-level patches can reach it.
-    "plain_app": _STREAM
-    + """
+#: The start of a bare ASGI app's source that answers the lifespan protocol; the app's
+#: HTTP handling follows, indented under ``async def app``.
+LIFESPAN_APP_START = """
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
@@ -49,6 +48,13 @@ async def app(scope, receive, send):
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+"""
+
+APPS: dict[str, str] = {
+    # A bare ASGI app: only the server-level patches can reach it.
+    "plain_app": _STREAM
+    + LIFESPAN_APP_START
+    + """
     headers = [(b"content-type", b"text/event-stream"), (b"x-pid", str(os.getpid()).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     async for chunk in tokens():

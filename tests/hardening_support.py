@@ -17,7 +17,13 @@ from pathlib import Path
 
 import httpx
 
-from tests.auto_support import BIN, ServerProcess, environment, server_command
+from tests.auto_support import (
+    BIN,
+    LIFESPAN_APP_START,
+    ServerProcess,
+    environment,
+    server_command,
+)
 from tests.otlp_receiver import OTLPReceiver
 from tests.servers import free_port
 
@@ -25,19 +31,12 @@ from tests.servers import free_port
 CHUNKS = 3
 EXPECTED_BODY = b"".join(f"data: {i}\n\n".encode() for i in range(CHUNKS))
 
-_PLAIN_APP = """
+_PLAIN_APP = (
+    """
 import asyncio
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    pace = float(scope["path"].rsplit("/", 1)[-1] or 0) if scope["path"] != "/" else 0.01
+"""
+    + LIFESPAN_APP_START
+    + """    pace = float(scope["path"].rsplit("/", 1)[-1] or 0) if scope["path"] != "/" else 0.01
     await send(
         {"type": "http.response.start", "status": 200,
          "headers": [(b"content-type", b"text/event-stream")]}
@@ -47,7 +46,8 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": f"data: {i}\\n\\n".encode(),
                     "more_body": True})
     await send({"type": "http.response.body", "body": b""})
-""".replace("CHUNKS", str(CHUNKS))
+"""
+).replace("CHUNKS", str(CHUNKS))
 
 _CODE_APP = """
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
