@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -62,6 +63,28 @@ def test_keywords_win_over_variables() -> None:
 
 def test_excluded_urls_fall_back_to_the_generic_variable() -> None:
     settings = Settings.from_options(environ={"OTEL_PYTHON_EXCLUDED_URLS": "ready"})
+    assert settings.excluded_urls.url_disabled("http://x/ready")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"environ": {"OTEL_STREAM_EXCLUDED_URLS": "health,,metrics"}},
+        {"environ": {"OTEL_STREAM_EXCLUDED_URLS": " health , metrics, "}},
+        {"excluded_urls": ["health", "", " ", "metrics"], "environ": {}},
+    ],
+)
+def test_blank_excluded_url_entries_exclude_nothing(options: dict[str, Any]) -> None:
+    # An empty pattern matches every URL: kept, it would silently turn telemetry off.
+    settings = Settings.from_options(**options)
+    assert settings.excluded_urls.url_disabled("http://x/metrics")
+    assert settings.excluded_urls.url_disabled("http://x/health")
+    assert not settings.excluded_urls.url_disabled("http://x/v1/chat/completions")
+
+
+def test_a_blank_stream_variable_falls_back_to_the_generic_one() -> None:
+    environ = {"OTEL_STREAM_EXCLUDED_URLS": "  ", "OTEL_PYTHON_EXCLUDED_URLS": "ready"}
+    settings = Settings.from_options(environ=environ)
     assert settings.excluded_urls.url_disabled("http://x/ready")
 
 

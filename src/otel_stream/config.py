@@ -87,12 +87,15 @@ def resolve(
 def _excluded(keyword: str | Sequence[str] | None, environ: Mapping[str, str]) -> ExcludeList:
     if keyword is not None:
         name, text = "excluded_urls", keyword if isinstance(keyword, str) else ",".join(keyword)
-    elif environ.get(env.OTEL_STREAM_EXCLUDED_URLS):
+    elif environ.get(env.OTEL_STREAM_EXCLUDED_URLS, "").strip():
         name, text = env.OTEL_STREAM_EXCLUDED_URLS, environ[env.OTEL_STREAM_EXCLUDED_URLS]
     else:
         name, text = "OTEL_PYTHON_EXCLUDED_URLS", environ.get("OTEL_PYTHON_EXCLUDED_URLS", "")
+    # Blank entries ("/a,,/b", "/a, ") would become an empty pattern, which matches
+    # every URL and so would silently turn all telemetry off: drop them.
+    patterns = [pattern.strip() for pattern in text.split(",")]
     try:
-        return parse_excluded_urls(text.strip(" ,"))
+        return parse_excluded_urls(",".join(pattern for pattern in patterns if pattern))
     except re.error as error:
         _warn(name, text, error, "")
         return parse_excluded_urls("")
