@@ -127,11 +127,16 @@ def test_the_middleware_rejects_an_unknown_option() -> None:
 
 
 def test_route_templates_of_starlette_litestar_and_none() -> None:
-    route = SimpleNamespace(path_format="/v1/chat/{model}")
+    route = SimpleNamespace(path_format="/v1/chat/{model}", param_convertors={"model": str})
     assert route_of({"route": route, "root_path": "/api/"}) == "/api/v1/chat/{model}"
     assert route_of({"route": route}) == "/v1/chat/{model}"
     assert route_of({"path_template": "/items/{item_id:int}"}) == "/items/{item_id:int}"
     assert route_of({"path": "/raw/123"}) is None
+    # Mounts: their parameters' values are put back as names, or there is no route.
+    mounted = {"route": route, "root_path": "/t/acme", "path_params": {"t": "acme", "model": "m"}}
+    assert route_of(mounted) == "/t/{t}/v1/chat/{model}"
+    converted = {"route": route, "root_path": "/t/007", "path_params": {"t": 7, "model": "m"}}
+    assert route_of(converted) is None
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from otel_stream import StreamingMiddleware
 from tests.apps import read_body, starlette_app, start, token_stream
@@ -202,3 +202,147 @@ def test_only_allowlisted_headers_reach_the_span(
     everything = repr([dict(span.attributes) for span in telemetry.spans()])
     assert "s3cret" not in everything
     assert "session=abc" not in everything
+
+
+def test_mounted_routes_carry_templates_never_path_values(telemetry: Telemetry) -> None:
+    async def streaming(request: Request) -> StreamingResponse:
+        return StreamingResponse(token_stream(count=2), media_type="text/event-stream")
+
+    async def raw(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await read_body(receive)
+        await start(send)
+        await send({"type": "http.response.body", "body": b"file", "more_body": False})
+
+    app = Starlette(
+        routes=[
+            Mount("/org/{org}", routes=[Route("/items/{id}", streaming)]),
+            Mount("/files/{user}", app=raw),
+            # Both parameters hold the same value: which segment is which is ambiguous.
+            Mount("/a/{x}", routes=[Mount("/b/{y}", routes=[Route("/c", streaming)])]),
+        ]
+    )
+    with serve(StreamingMiddleware(app, **telemetry.providers)) as url:
+        assert httpx.get(url + "/org/acme/items/7").status_code == 200
+        assert httpx.get(url + "/files/bob/notes.txt").content == b"file"
+        assert httpx.get(url + "/a/same/b/same/c").status_code == 200
+    assert wait_until(lambda: len(telemetry.spans()) == 5)
+    assert sorted(telemetry.names()) == [
+        "GET",
+        "GET /files/{user}",
+        "GET /org/{org}/items/{id}",
+        "GET /org/{org}/items/{id} stream",
+        "GET stream",
+    ]
+    routes = telemetry.counts("http.server.stream.terminations", "http.route")
+    assert routes == {("/org/{org}/items/{id}",): 1, ("/files/{user}",): 1, (None,): 1}
+    # url.path holds the raw path, as the HTTP conventions say; http.route never does.
+    assert {span.attributes.get("http.route") for span in telemetry.spans()} == {
+        None,
+        "/org/{org}/items/{id}",
+        "/files/{user}",
+    }
+
+
+def test_under_an_outer_span_that_is_not_a_server_span_the_request_span_is_a_server_span(
+    telemetry: Telemetry,
+) -> None:
+    tracer = telemetry.tracer_provider.get_tracer("outer")
+    inner = StreamingMiddleware(starlette_app(), **telemetry.providers)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await inner(scope, receive, send)
+            return
+        with tracer.start_as_current_span("outer", kind=SpanKind.INTERNAL):
+            await inner(scope, receive, send)
+
+    with serve(app) as url:
+        assert httpx.get(url + "/plain").text == "plain answer"
+    assert wait_until(lambda: len(telemetry.spans()) == 2)
+    outer, request = telemetry.span("outer"), telemetry.span("GET /plain")
+    assert request.kind is SpanKind.SERVER
+    assert request.parent is not None
+    assert request.parent.span_id == outer.context.span_id
+    assert request.context.trace_id == outer.context.trace_id
+
+
+def _call_directly(app: Any) -> list[dict[str, Any]]:
+    """Run ``app`` once with a server stand-in that accepts every message it sends.
+
+    No server in the test set implements the zero-copy or path-send extensions, so these
+    messages are exercised without one."""
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/file",
+        "raw_path": b"/file",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [],
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "extensions": {"http.response.zerocopysend": {}, "http.response.pathsend": {}},
+    }
+
+    async def main() -> None:
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # connected until the test ends
+            return {}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+
+    asyncio.run(main())
+    return sent
+
+
+@pytest.mark.parametrize("content_type", [b"application/octet-stream", b"text/event-stream"])
+def test_zero_copy_chunks_are_chunks_of_one_stream(
+    telemetry: Telemetry, content_type: bytes
+) -> None:
+    zero_copy = {"type": "http.response.zerocopysend", "file": 3, "count": 100, "more_body": True}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await read_body(receive)
+        await start(send, content_type)
+        for _ in range(3):
+            await send(dict(zero_copy))
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    sent = _call_directly(StreamingMiddleware(app, **telemetry.providers))
+    assert [message["type"] for message in sent].count("http.response.zerocopysend") == 3
+    request, stream = telemetry.span("GET"), telemetry.span("GET stream")
+    assert stream.attributes["http.stream.termination_reason"] == "completed"
+    assert stream.attributes["http.stream.chunks"] == 3
+    assert stream.attributes["http.stream.bytes"] == 300
+    assert stream.attributes["http.stream.max_chunk_gap"] >= 0.01
+    assert stream.start_time == request.end_time
+    assert len(telemetry.points("http.server.stream.time_to_first_byte")) == 1
+    assert telemetry.counts("http.server.stream.time_to_first_byte") == {(): 1}
+    assert set(telemetry.counts("http.server.stream.active", "http.stream.phase").values()) == {0}
+
+
+def test_a_path_send_response_gets_the_request_span_only(telemetry: Telemetry) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await read_body(receive)
+        await start(send, b"text/event-stream")
+        await send({"type": "http.response.pathsend", "path": "/srv/answer.txt"})
+
+    sent = _call_directly(StreamingMiddleware(app, **telemetry.providers))
+    assert sent[-1] == {"type": "http.response.pathsend", "path": "/srv/answer.txt"}
+    (request,) = telemetry.spans()
+    assert request.attributes["http.stream.termination_reason"] == "completed"
+    assert telemetry.counts("http.server.stream.time_to_first_byte") == {(): 1}

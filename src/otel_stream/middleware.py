@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from time import perf_counter, time_ns
 from typing import Any, cast
 
@@ -169,16 +169,46 @@ class StreamingMiddleware:
 
 
 def route_of(scope: Scope) -> str | None:
-    """The route template of Starlette/FastAPI (``scope["route"]``) or Litestar."""
+    """The route template of Starlette/FastAPI (``scope["route"]``) or Litestar.
+
+    Starlette leaves only the innermost route in the scope; the mounts it went through
+    are in ``root_path``, with the values of their path parameters. Those values are put
+    back as ``{name}``; when that cannot be done unambiguously there is no route, never
+    a route that holds a value of the request.
+    """
     route = scope.get("route")
     if route is not None:
         if type(route).__name__ == "Mount":
-            return str(scope.get("root_path") or "/")
+            return _mounts_template(scope, ()) or "/"
         path_format = getattr(route, "path_format", None)
         if isinstance(path_format, str):
-            return str(scope.get("root_path", "")).rstrip("/") + path_format or "/"
+            prefix = _mounts_template(scope, getattr(route, "param_convertors", None) or ())
+            if prefix is None:
+                return None
+            return prefix.rstrip("/") + path_format or "/"
     template = scope.get("path_template")
     return template if isinstance(template, str) else None
+
+
+def _mounts_template(scope: Scope, own_parameters: Iterable[str]) -> str | None:
+    """``root_path`` with the mounts' path parameters as ``{name}``, or None if ambiguous."""
+    root_path = str(scope.get("root_path") or "")
+    parameters = scope.get("path_params")
+    if not root_path or not parameters or not isinstance(parameters, dict):
+        return root_path
+    own = set(own_parameters)
+    mounted = [(name, value) for name, value in parameters.items() if name not in own]
+    if not mounted:
+        return root_path
+    segments = root_path.split("/")
+    for name, value in mounted:
+        # The segment holds the raw text; a converted value ("007" read as 7) or one
+        # spanning several segments is not found, and the route stays unknown.
+        found = [index for index, segment in enumerate(segments) if segment == str(value)]
+        if len(found) != 1:
+            return None
+        segments[found[0]] = "{" + str(name) + "}"
+    return "/".join(segments)
 
 
 def sse_chunk_has_event(body: bytes) -> bool:
@@ -348,8 +378,16 @@ class _Exchange:
 
         parent = context.get_current()
         kind = SpanKind.SERVER
-        if trace.get_current_span(parent).get_span_context().is_valid:
-            kind = SpanKind.INTERNAL  # an outer server span already owns this request
+        current = trace.get_current_span(parent)
+        if current.get_span_context().is_valid:
+            # Already in a trace: stay in it. INTERNAL when the outer span is a server
+            # span (another instrumentation owns this request) or of unknown kind (not
+            # recording, as an outer server span that was not sampled).
+            if not current.is_recording() or getattr(current, "kind", None) in (
+                SpanKind.SERVER,
+                None,
+            ):
+                kind = SpanKind.INTERNAL
         elif _carries_context(scope):
             parent = propagate.extract(scope, getter=asgi_getter)  # type: ignore[misc]
         self.span_name = self.method
@@ -400,8 +438,9 @@ class _Exchange:
             raise
         else:
             self.finished = True
+            watched = self.watcher is not None  # it has been listening for a disconnect
             self.stop_watcher()
-            if not self.response_complete and self.disconnected_at is None:
+            if not self.response_complete and self.disconnected_at is None and not watched:
                 await self.poll_disconnect()
             self.finish(None)
         finally:
@@ -444,11 +483,13 @@ class _Exchange:
         kind = message.get("type")
         now = perf_counter()
         first_byte = False
+        timed = False  # the first byte, or a zero-copy/path-send chunk of a stream
         final = False
         if kind == _START:
             message = self.response_started(message)
             self.watch_for_disconnect()
         elif kind in (_BODY, _ZEROCOPY, _PATHSEND) and not self.body_complete:
+            body = b""
             if kind == _PATHSEND:  # a whole file: its size is not known without I/O
                 size, counted, final = 1, 0, True
             elif kind == _ZEROCOPY:
@@ -464,15 +505,29 @@ class _Exchange:
                         self.reader.feed(body)
                     except Exception as error:
                         self.reader_failed(error)
+            waiting = self.first_byte_at is None
             if size:
                 if self.first_raw_byte_at is None:
                     self.first_raw_byte_at = now
                 self.chunks += 1
                 self.bytes += counted
+                if waiting:
+                    # An SSE chunk of comments only (": ping") is not the first byte; a
+                    # file sent zero-copy cannot be read, so it counts as data.
+                    first_byte = final or not self.sse or kind != _BODY or sse_chunk_has_event(body)
+                else:  # a zero-copy/path-send message of a stream: a chunk like any other
+                    gap = now - self.last_chunk_at
+                    if gap > self.max_chunk_gap:
+                        self.max_chunk_gap = gap
+                    timed = True
                 self.last_chunk_at = now
-                first_byte = final or not self.sse or sse_chunk_has_event(message["body"])
-            elif final:
+            elif final and waiting:
                 first_byte = True  # an empty response: complete is as good as first byte
+            if first_byte and self.disconnected_at is not None:
+                # The client left while waiting: nobody receives this first byte, so the
+                # exchange stays in the waiting phase and gets no stream span.
+                first_byte = False
+            timed = timed or first_byte
         trailers_done = kind == _TRAILERS and not message.get("more_trailers", False)
         if (final and not self.trailers_expected) or trailers_done:
             self.completing = True
@@ -481,8 +536,9 @@ class _Exchange:
         except BaseException as error:
             self.send_raised(error)
             raise
-        if first_byte:
+        if timed:
             self.send_wait += perf_counter() - now
+        if first_byte:
             self.first_byte(now, final)
         if trailers_done:
             self.response_complete = True
@@ -621,9 +677,10 @@ class _Exchange:
         self.watcher = None  # its cancelled frame refers to self: no reference cycle
 
     async def poll_disconnect(self) -> None:
-        """The app returned without finishing its response: did the client leave?"""
-        if self.app_task is not None and self.watcher is not None:
-            return  # the watcher has been listening all along
+        """The app returned without finishing its response: did the client leave?
+
+        Not called when the watcher ran: it would have seen the disconnect already.
+        """
         try:
             if self.app_task is not None:
                 message = await asyncio.wait_for(self.server_receive(), 0.01)
