@@ -57,7 +57,7 @@ def test_request_span_ends_at_first_byte_and_stream_span_covers_the_body(
     assert stream.attributes["http.stream.chunks"] == 4
     assert stream.attributes["http.stream.bytes"] == len(body)
     assert stream.attributes["http.stream.max_chunk_gap"] >= PACE
-    assert stream.attributes["http.stream.send_wait"] >= 0
+    assert 0 <= stream.attributes["http.stream.send_wait"] <= streamed
     assert stream.attributes["http.stream.time_to_first_byte"] == pytest.approx(ttfb, abs=1e-3)
 
 
@@ -113,7 +113,7 @@ def test_sse_comment_pings_are_not_the_first_byte(telemetry: Telemetry) -> None:
     request = telemetry.span("GET")
     ttfb = request.attributes["http.stream.time_to_first_byte"]
     assert ttfb >= FIRST_TOKEN_AFTER
-    assert request.attributes["http.stream.time_to_first_raw_byte"] < FIRST_TOKEN_AFTER / 3
+    assert request.attributes["http.stream.time_to_first_raw_byte"] < ttfb  # the first ping
     stream = telemetry.span("GET stream")
     assert stream.attributes["http.stream.chunks"] == 5  # pings are bytes sent too
     assert stream.attributes["http.stream.bytes"] == 3 * 10 + 12 + 10
