@@ -16,7 +16,7 @@ Choices made on purpose (read before "fixing"):
   nothing is stolen (hypercorn delivers each message only once) and the app that never
   calls ``receive`` again is covered too. The watcher never holds more than one request
   body chunk, so uploads keep their backpressure. It needs asyncio; under trio the
-  middleware asks ``receive`` once, without waiting, when the app returns early.
+  middleware asks ``receive`` once, waiting at most 10 ms, when the app returns early.
 * **Nothing per chunk.** A 2,000-token answer is 2,000 body messages. Per message the
   middleware does a clock read, a few integer adds and the awaited ``send``; spans and
   metrics are touched at the first byte and at the end only.
@@ -75,7 +75,12 @@ _TRAILERS = "http.response.trailers"
 _ZEROCOPY = "http.response.zerocopysend"
 _PATHSEND = "http.response.pathsend"
 _DISCONNECT = "http.disconnect"
-_STREAMING_TYPES = (b"text/event-stream", b"application/x-ndjson", b"application/jsonl")
+_STREAMING_TYPES = (
+    b"text/event-stream",
+    b"application/x-ndjson",
+    b"application/jsonl",
+    b"application/json-lines",
+)
 #: How long after the request body (or the response start) the disconnect watcher starts.
 _WATCH_AFTER = 0.001
 
