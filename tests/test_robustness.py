@@ -13,15 +13,9 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider
 
 from otel_stream import StreamingMiddleware
-from otel_stream import telemetry as otel_stream_telemetry
 from tests.apps import read_body, starlette_app, start
 from tests.servers import SERVERS, serve, wait_until
 from tests.telemetry_harness import Telemetry
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log_once() -> None:
-    otel_stream_telemetry._logged.clear()
 
 
 class Boom(Exception):
