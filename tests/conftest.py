@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from otel_stream import shutdown
 from otel_stream import telemetry as otel_stream_telemetry
 from tests.telemetry_harness import Telemetry
+
+# CI has no example database: the same examples on every run, and a failure's reproduce blob.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture
