@@ -2,7 +2,9 @@
 
 Real server processes export OTLP/HTTP every 20 ms to an endpoint that is down, that
 accepts and never answers, or that never answers while the span queue holds two spans:
-every response is still complete and byte-identical, and the server keeps serving. A
+every response is still complete and byte-identical, and the server keeps serving. Each
+case also checks that its fault happened (a refused export logged, a connection waiting
+at the hanging endpoint, spans dropped from the full queue). A
 propagator that raises is tested in-process (the tracer and meter that raise are in
 tests/test_robustness.py).
 """
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from opentelemetry.propagators.textmap import (
 
 from otel_stream import StreamingMiddleware
 from tests.apps import starlette_app
+from tests.auto_support import ServerProcess
 from tests.hardening_support import (
     EXPECTED_BODY,
     dead_endpoint,
@@ -37,7 +41,7 @@ from tests.hardening_support import (
     streams_at_once,
     write_apps,
 )
-from tests.servers import SERVERS, serve
+from tests.servers import SERVERS, serve, wait_until
 from tests.telemetry_harness import Telemetry
 
 EXPORT_OFTEN = {
@@ -54,13 +58,38 @@ ROUNDS = 4
 STREAMS = 8
 
 
+def refused_export_logged(server: ServerProcess) -> bool:
+    return any(
+        "/v1/traces" in line and "Connection refused" in line
+        for line in server.stderr().splitlines()
+    )
+
+
+def exporter_connected(listener: socket.socket) -> bool:
+    """True if a connection waits in ``listener``'s accept queue (taken, then closed)."""
+    try:
+        connection, _ = listener.accept()
+    except BlockingIOError:
+        return False
+    connection.close()
+    return True
+
+
 @contextlib.contextmanager
-def endpoint_for(fault: str) -> Iterator[str]:
+def endpoint_for(fault: str) -> Iterator[tuple[str, Callable[[ServerProcess], bool]]]:
+    """The OTLP endpoint of ``fault``, and a check that the server process met the fault."""
     if fault == "exporter down":
-        yield dead_endpoint()
+        yield dead_endpoint(), refused_export_logged
+    elif fault == "exporter hanging":
+        with socket.socket() as listener:  # like hanging_endpoint(), but the test can look
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(128)  # the kernel completes handshakes; nobody accepts meanwhile
+            listener.setblocking(False)
+            endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+            yield endpoint, lambda server: exporter_connected(listener)
     else:
         with hanging_endpoint() as endpoint:
-            yield endpoint
+            yield endpoint, lambda server: "Queue full, dropping" in server.stderr()
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
@@ -69,7 +98,7 @@ def test_a_broken_export_pipeline_leaves_every_response_intact(
     tmp_path: Path, server_name: str, fault: str
 ) -> None:
     write_apps(tmp_path)
-    with endpoint_for(fault) as endpoint:
+    with endpoint_for(fault) as (endpoint, fault_happened):
         server = server_process(
             tmp_path, "middleware", server_name, endpoint, **EXPORT_OFTEN, **FAULTS[fault]
         )
@@ -80,12 +109,11 @@ def test_a_broken_export_pipeline_leaves_every_response_intact(
                 assert streams_at_once(server.url + "/0", STREAMS) == [EXPECTED_BODY] * STREAMS
             assert server.process is not None
             assert server.process.poll() is None
+            assert wait_until(lambda: fault_happened(server)), server.stderr()
         finally:
             if server.process is not None and server.process.poll() is None:
                 server.process.kill()  # its shutdown is the subject of another test
                 server.process.wait(5)
-    if fault == "span queue full":
-        assert "Queue full, dropping" in server.stderr()  # spans were dropped: the fault happened
 
 
 class Boom(Exception):
