@@ -25,6 +25,16 @@ from tests.otlp_receiver import OTLPReceiver, ReceivedSpan
 from tests.servers import free_port
 
 BIN = Path(sys.executable).parent
+#: This repository's sources: first on every child's path, so a child imports this
+#: checkout's otel_stream even where another clone is the installed one.
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def python_path() -> str:
+    """PYTHONPATH for a child process: this repository's src, then any PYTHONPATH set here."""
+    existing = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join([str(SRC), existing] if existing else [str(SRC)])
+
 
 _STREAM = """
 import asyncio
@@ -169,13 +179,15 @@ def server_command(server: str, target: str, port: int) -> list[str]:
 
 
 def environment(receiver: OTLPReceiver | None, service: str, **extra: str) -> dict[str, str]:
-    """The test process' environment, minus OTEL_* leftovers, plus the given variables."""
+    """The test process' environment, minus OTEL_* leftovers, this repository's src first on
+    PYTHONPATH, plus the given variables."""
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("OTEL_", "FASTAPI_OTEL")) and key != "PYTHONPATH"
+        if not key.startswith(("OTEL_", "FASTAPI_OTEL"))
     }
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = python_path()
     env["PYTHONUNBUFFERED"] = "1"
     if receiver is not None:
         env.update(receiver.environment())

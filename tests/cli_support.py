@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from tests.auto_support import python_path
 from tests.servers import free_port
 
 NGINX = shutil.which("nginx") or next(
@@ -23,14 +24,21 @@ NGINX = shutil.which("nginx") or next(
 
 
 def command() -> list[str]:
-    """The installed console script, or the module when the script is not on PATH."""
-    script = shutil.which("otel-stream")
-    return [script] if script else [sys.executable, "-m", "otel_stream.cli"]
+    """The console script installed beside this Python, or the module when there is none.
+
+    Either way the child imports this repository's otel_stream: ``clean_env`` puts its
+    src first on PYTHONPATH.
+    """
+    script = Path(sys.executable).parent / "otel-stream"
+    if os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "otel_stream.cli"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without any ``OTEL_*`` variable, plus ``extra``."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env["PYTHONPATH"] = python_path()
     env.update(extra)
     return env
 

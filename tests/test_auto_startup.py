@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from otel_stream import autoinstrument
+from tests.auto_support import python_path
 
 BIN = str(Path(sys.executable).parent)
 
@@ -33,7 +34,7 @@ _PROBE = textwrap.dedent(
 
 def probe(prefix: list[str], **variables: str) -> tuple[dict[str, bool], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.pop("PYTHONPATH", None)
+    env["PYTHONPATH"] = python_path()
     env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
     env.update({"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}, **variables)
     env["OTEL_LOGS_EXPORTER"] = "none"

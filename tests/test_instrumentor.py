@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from otel_stream import StreamingInstrumentor, StreamingMiddleware
 from otel_stream.instrumentor import AutoStreamingMiddleware
+from tests.auto_support import python_path
 from tests.servers import SERVERS, serve, wait_until
 from tests.telemetry_harness import Telemetry
 
@@ -301,7 +302,7 @@ def test_patches_wait_for_their_module_and_uninstrument_restores_each() -> None:
         text=True,
         timeout=60,
         check=True,
-        env={"PATH": str(Path(sys.executable).parent)},
+        env={"PATH": str(Path(sys.executable).parent), "PYTHONPATH": python_path()},
     )
     report = json.loads(result.stdout.strip().splitlines()[-1])
     every = sorted(
