@@ -443,9 +443,8 @@ class _Exchange:
             raise
         else:
             self.finished = True
-            watched = self.watcher is not None  # it has been listening for a disconnect
             self.stop_watcher()
-            if not self.response_complete and self.disconnected_at is None and not watched:
+            if not self.response_complete and self.disconnected_at is None:
                 await self.poll_disconnect()
             self.finish(None)
         finally:
@@ -684,7 +683,9 @@ class _Exchange:
     async def poll_disconnect(self) -> None:
         """The app returned without finishing its response: did the client leave?
 
-        Not called when the watcher ran: it would have seen the disconnect already.
+        Also when the watcher ran: a disconnect that arrives in the loop iteration in
+        which the app returns has not reached it yet. At most 10 ms, and only for a
+        response that is incomplete anyway.
         """
         try:
             if self.app_task is not None:
