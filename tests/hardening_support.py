@@ -9,6 +9,7 @@ at all and is instrumented by ``opentelemetry-instrument`` or ``OTEL_STREAM_ENAB
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from tests.auto_support import (
     LIFESPAN_APP_START,
     ServerProcess,
     environment,
+    python_path,
     server_command,
 )
 from tests.otlp_receiver import OTLPReceiver
@@ -113,7 +115,7 @@ def server_process(
     env = environment(None, f"hardening-{way}-{server}", **receiver_env)
     env.update(way_variables)
     env.update(variables)
-    env["PYTHONPATH"] = str(directory)
+    env["PYTHONPATH"] = f"{directory}{os.pathsep}{python_path()}"
     port = free_port()
     argv = [*prefix, *server_command(server, target, port), *extra_args]
     return ServerProcess(argv, env, directory, port, name=f"{way}-{server}")

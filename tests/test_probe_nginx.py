@@ -15,7 +15,7 @@ from tests.cli_support import NGINX, clean_env, demo_server, nginx, run_cli, wai
 from tests.servers import free_port, wait_until
 
 pytestmark = pytest.mark.skipif(
-    NGINX is None, reason="nginx is not installed (Debian: apt-get install nginx-light)"
+    NGINX is None, reason="nginx is not installed (Debian: apt-get install nginx)"
 )
 
 GZIP_SSE = "gzip on; gzip_types text/event-stream; gzip_proxied any;"
