@@ -16,12 +16,19 @@ shared machine hits every row alike; throughput ratios are medians of per-round 
 
     python bench/load.py            # about 40 s
     python bench/load.py --quick    # about 6 s, rougher
+    python bench/load.py --interval 0.01 --chunks 100 --streams 128 --rounds 5
+                                    # paced like a model: about 70 s
+
+Beside throughput it reports the server's CPU time per event (all threads, read from
+``/proc/<pid>/task/*/schedstat``), which is what the instrumentation costs when the
+server is not saturated and throughput is set by the streams' own pace.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -61,6 +68,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 
 CHUNKS = int(os.environ["BENCH_CHUNKS"])
+INTERVAL = float(os.environ["BENCH_INTERVAL"])
 EVENT = (
     b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
     b'"choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}\\n\\n'
@@ -84,7 +92,7 @@ async def sse(scope, receive, send):
                 "headers": [(b"content-type", b"text/event-stream")]})
     for _ in range(CHUNKS):
         await send({"type": "http.response.body", "body": EVENT, "more_body": True})
-        await asyncio.sleep(0)
+        await asyncio.sleep(INTERVAL)
     await send({"type": "http.response.body", "body": b"data: [DONE]\\n\\n", "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 
@@ -171,12 +179,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(directory: Path, row: str, chunks: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(
+    directory: Path, row: str, chunks: int, interval: float
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {
         **os.environ,
         "BENCH_ROW": ROW_KEYS[row],
         "BENCH_CHUNKS": str(chunks),
+        "BENCH_INTERVAL": repr(interval),
         "PYTHONPATH": os.pathsep.join([str(directory), os.environ.get("PYTHONPATH", "")]),
     }
     argv = [sys.executable, "-m", "uvicorn", "bench_load_app:app", "--host", "127.0.0.1"]
@@ -210,6 +221,15 @@ class Generator:
         self.process.wait(10)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has run so far, all threads, from the scheduler (ns resolution)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread just exited
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -222,6 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=256, help="streams per row and round")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--chunks", type=int, default=200, help="SSE events per stream")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        help="seconds the app waits between events (0: yield once, the servers run flat out)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 rounds of 96 streams")
     parser.add_argument("--time-limit", type=float, default=120.0, help="stop rounds after")
     args = parser.parse_args(argv)
@@ -235,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         (directory / "bench_load_app.py").write_text(SERVER_APP)
-        servers = {row: start_server(directory, row, args.chunks) for row in ROWS}
+        servers = {row: start_server(directory, row, args.chunks, args.interval) for row in ROWS}
         load = Generator()
         try:
             for process, port in servers.values():
@@ -244,16 +270,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 load.run(port, min(args.streams, 32), min(args.concurrency, 16))
             throughput: dict[str, list[float]] = {row: [] for row in ROWS}
             ttfbs: dict[str, list[float]] = {row: [] for row in ROWS}
+            cpu: dict[str, list[float]] = {row: [] for row in ROWS}  # µs per event
             rounds = 0
             for index in range(args.rounds):
                 if rounds and time.monotonic() - began > args.time_limit:
                     break
                 order = ROWS[index % len(ROWS) :] + ROWS[: index % len(ROWS)]
                 for row in order:
-                    result = load.run(servers[row][1], args.streams, args.concurrency)
+                    process, port = servers[row]
+                    cpu_before = cpu_seconds(process.pid)
+                    result = load.run(port, args.streams, args.concurrency)
+                    used = cpu_seconds(process.pid) - cpu_before
                     if result["events"] != args.streams * expected_events:
                         raise RuntimeError(f"{row}: {result['events']} events received")
                     throughput[row].append(result["events"] / result["seconds"])
+                    cpu[row].append(used / result["events"] * 1e6)
                     ttfbs[row].extend(result["ttfb"])
                 rounds += 1
         finally:
@@ -263,23 +294,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 process.wait(10)
     elapsed = time.monotonic() - began
 
+    pace = "flat out" if args.interval <= 0 else f"{args.interval * 1000:g} ms between events"
     print(
         f"{rounds} rounds x {args.streams} streams per row, {args.concurrency} concurrent, "
-        f"{args.chunks} SSE events per stream; {elapsed:.0f} s; Python {sys.version.split()[0]}"
+        f"{args.chunks} SSE events per stream, {pace}; {elapsed:.0f} s; "
+        f"Python {sys.version.split()[0]}"
     )
     print()
     print(
         "| server | throughput (events/s, median of rounds) | vs bare (median of per-round "
-        "ratios) | client TTFB p50 (ms) | client TTFB p99 (ms) |"
+        "ratios) | server CPU per event (µs) | CPU vs bare | client TTFB p50 (ms) "
+        "| client TTFB p99 (ms) |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for row in ROWS:
         ratios = [mine / bare for mine, bare in zip(throughput[row], throughput[BARE], strict=True)]
         vs_bare = "1 (baseline)" if row == BARE else f"{statistics.median(ratios):.3f}"
+        cpu_ratios = [mine / bare for mine, bare in zip(cpu[row], cpu[BARE], strict=True)]
+        cpu_vs = "1 (baseline)" if row == BARE else f"{statistics.median(cpu_ratios):.2f}"
         p50, p99 = (percentile(ttfbs[row], q) * 1000 for q in (0.5, 0.99))
         print(
             f"| {row} | {statistics.median(throughput[row]):,.0f} | {vs_bare} "
-            f"| {p50:.2f} | {p99:.2f} |"
+            f"| {statistics.median(cpu[row]):.2f} | {cpu_vs} | {p50:.2f} | {p99:.2f} |"
         )
     pairs = zip(throughput[OTEL_STREAM], throughput[BARE], strict=True)
     ratio = statistics.median(mine / bare for mine, bare in pairs)
