@@ -13,7 +13,7 @@ from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Host, Mount, Route
 
 from otel_stream import StreamingMiddleware
 from tests.apps import read_body, starlette_app, start, token_stream
@@ -213,34 +213,37 @@ def test_mounted_routes_carry_templates_never_path_values(telemetry: Telemetry) 
         await start(send)
         await send({"type": "http.response.body", "body": b"file", "more_body": False})
 
+    sub = Starlette(routes=[Route("/items/{id}", streaming)])  # a mounted app
     app = Starlette(
         routes=[
             Mount("/org/{org}", routes=[Route("/items/{id}", streaming)]),
             Mount("/files/{user}", app=raw),
-            # Both parameters hold the same value: which segment is which is ambiguous.
-            Mount("/a/{x}", routes=[Mount("/b/{y}", routes=[Route("/c", streaming)])]),
+            # The same value twice, and a name the inner route uses again.
+            Mount("/a/{x}", routes=[Mount("/b/{y:int}", routes=[Route("/c", streaming)])]),
+            Mount("/t/{id}", app=sub),
+            Host("{tenant}.example.test", app=Starlette(routes=[Mount("/h/{h}", app=sub)])),
         ]
     )
     with serve(StreamingMiddleware(app, **telemetry.providers)) as url:
         assert httpx.get(url + "/org/acme/items/7").status_code == 200
         assert httpx.get(url + "/files/bob/notes.txt").content == b"file"
-        assert httpx.get(url + "/a/same/b/same/c").status_code == 200
-    assert wait_until(lambda: len(telemetry.spans()) == 5)
-    assert sorted(telemetry.names()) == [
-        "GET",
-        "GET /files/{user}",
-        "GET /org/{org}/items/{id}",
-        "GET /org/{org}/items/{id} stream",
-        "GET stream",
-    ]
+        assert httpx.get(url + "/a/7/b/7/c").status_code == 200
+        assert httpx.get(url + "/t/acme/items/42").status_code == 200
+        host = {"host": "zeta.example.test"}
+        assert httpx.get(url + "/h/acme/items/9", headers=host).status_code == 200
+    assert wait_until(lambda: len(telemetry.spans()) == 9)
     routes = telemetry.counts("http.server.stream.terminations", "http.route")
-    assert routes == {("/org/{org}/items/{id}",): 1, ("/files/{user}",): 1, (None,): 1}
-    # url.path holds the raw path, as the HTTP conventions say; http.route never does.
-    assert {span.attributes.get("http.route") for span in telemetry.spans()} == {
-        None,
-        "/org/{org}/items/{id}",
-        "/files/{user}",
+    assert routes == {
+        ("/org/{org}/items/{id}",): 1,
+        ("/files/{user}",): 1,
+        ("/a/{x}/b/{y}/c",): 1,
+        ("/t/{id}/items/{id}",): 1,
+        ("/h/{h}/items/{id}",): 1,
     }
+    # url.path holds the raw path, as the HTTP conventions say; http.route never does.
+    for span in telemetry.spans():
+        assert span.attributes.get("http.route") in {route for (route,) in routes}
+        assert not any(value in span.name for value in ("acme", "bob", "7"))
 
 
 def test_under_an_outer_span_that_is_not_a_server_span_the_request_span_is_a_server_span(
@@ -346,3 +349,30 @@ def test_a_path_send_response_gets_the_request_span_only(telemetry: Telemetry) -
     (request,) = telemetry.spans()
     assert request.attributes["http.stream.termination_reason"] == "completed"
     assert telemetry.counts("http.server.stream.time_to_first_byte") == {(): 1}
+
+
+def test_under_an_outer_server_span_and_a_span_inside_it_the_request_span_is_internal(
+    telemetry: Telemetry,
+) -> None:
+    tracer = telemetry.tracer_provider.get_tracer("outer")
+    inner = StreamingMiddleware(starlette_app(), **telemetry.providers)
+
+    async def checking(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        with tracer.start_as_current_span("auth check", kind=SpanKind.INTERNAL):
+            await inner(scope, receive, send)
+
+    outer = OpenTelemetryMiddleware(
+        checking,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        exclude_spans=["send", "receive"],
+    )
+    with serve(outer) as url:
+        assert httpx.get(url + "/plain").text == "plain answer"
+    assert wait_until(lambda: len(telemetry.spans()) == 3)
+    assert [span.kind for span in telemetry.spans()].count(SpanKind.SERVER) == 1
+    check = telemetry.span("auth check")
+    check_id = check.context.span_id
+    (ours,) = [s for s in telemetry.spans() if s.parent and s.parent.span_id == check_id]
+    assert ours.name == "GET /plain"
+    assert ours.kind is SpanKind.INTERNAL

@@ -221,12 +221,13 @@ def test_streaming_after_the_client_left_while_waiting_stays_a_wait(
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await read_body(receive)
-        await start(send)
+        await start(send, b"text/event-stream")
         if (await receive())["type"] == "http.disconnect":
             left.set()
+        token = b'data: {"choices":[{"index":0,"delta":{"content":"late"}}]}\n\n'
         try:  # uvicorn's send is silent after a disconnect; hypercorn's may raise
             for _ in range(3):
-                await send({"type": "http.response.body", "body": b"late", "more_body": True})
+                await send({"type": "http.response.body", "body": token, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except Exception:
             pass
@@ -243,3 +244,6 @@ def test_streaming_after_the_client_left_while_waiting_stays_a_wait(
     assert request.end_time >= request.start_time
     assert telemetry.points("http.server.stream.time_to_first_byte") == []
     assert telemetry.points("http.server.stream.duration") == []
+    # Nor a first token: the payload sent after the client left is not read.
+    assert telemetry.points("http.server.stream.time_to_first_token") == []
+    assert request.attributes.get("http.stream.events", 0) == 0

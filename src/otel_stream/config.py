@@ -87,7 +87,7 @@ def resolve(
 def _excluded(keyword: str | Sequence[str] | None, environ: Mapping[str, str]) -> ExcludeList:
     if keyword is not None:
         name, text = "excluded_urls", keyword if isinstance(keyword, str) else ",".join(keyword)
-    elif environ.get(env.OTEL_STREAM_EXCLUDED_URLS, "").strip():
+    elif environ.get(env.OTEL_STREAM_EXCLUDED_URLS, "").replace(",", " ").strip():
         name, text = env.OTEL_STREAM_EXCLUDED_URLS, environ[env.OTEL_STREAM_EXCLUDED_URLS]
     else:
         name, text = "OTEL_PYTHON_EXCLUDED_URLS", environ.get("OTEL_PYTHON_EXCLUDED_URLS", "")

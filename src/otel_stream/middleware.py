@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter, time_ns
 from typing import Any, cast
 
@@ -176,44 +177,72 @@ class StreamingMiddleware:
 def route_of(scope: Scope) -> str | None:
     """The route template of Starlette/FastAPI (``scope["route"]``) or Litestar.
 
-    Starlette leaves only the innermost route in the scope; the mounts it went through
-    are in ``root_path``, with the values of their path parameters. Those values are put
-    back as ``{name}``; when that cannot be done unambiguously there is no route, never
+    Starlette keeps only the innermost route in the scope; the mounts it went through are
+    in ``root_path``, with the values of their path parameters. Their templates are read
+    from the router's own route table instead; when that fails there is no route, never
     a route that holds a value of the request.
     """
     route = scope.get("route")
     if route is not None:
-        if type(route).__name__ == "Mount":
-            return _mounts_template(scope, ()) or "/"
         path_format = getattr(route, "path_format", None)
-        if isinstance(path_format, str):
-            prefix = _mounts_template(scope, getattr(route, "param_convertors", None) or ())
+        is_mount = type(route).__name__ == "Mount"
+        if is_mount or isinstance(path_format, str):
+            if "app_root_path" in scope and scope.get("root_path") != scope["app_root_path"]:
+                prefix = _mounts_template(scope)  # mounts were matched: not literal
+            else:
+                prefix = str(scope.get("root_path") or "")  # the server's, if any
             if prefix is None:
                 return None
-            return prefix.rstrip("/") + path_format or "/"
+            if is_mount:
+                return prefix or "/"
+            return prefix.rstrip("/") + str(path_format) or "/"
     template = scope.get("path_template")
     return template if isinstance(template, str) else None
 
 
-def _mounts_template(scope: Scope, own_parameters: Iterable[str]) -> str | None:
-    """``root_path`` with the mounts' path parameters as ``{name}``, or None if ambiguous."""
-    root_path = str(scope.get("root_path") or "")
-    parameters = scope.get("path_params")
-    if not root_path or not parameters or not isinstance(parameters, dict):
-        return root_path
-    own = set(own_parameters)
-    mounted = [(name, value) for name, value in parameters.items() if name not in own]
-    if not mounted:
-        return root_path
-    segments = root_path.split("/")
-    for name, value in mounted:
-        # The segment holds the raw text; a converted value ("007" read as 7) or one
-        # spanning several segments is not found, and the route stays unknown.
-        found = [index for index, segment in enumerate(segments) if segment == str(value)]
-        if len(found) != 1:
-            return None
-        segments[found[0]] = "{" + str(name) + "}"
-    return "/".join(segments)
+_CONVERTOR = re.compile(r"{([^:{}]+):[^{}]+}")
+
+
+def _mounts_template(scope: Scope) -> str | None:
+    """The templates of the mounts a Starlette request went through, joined, or None.
+
+    Matches the request against the router's route table again, as Starlette did,
+    following only mounts and hosts; checks that it arrives where Starlette did.
+    """
+    try:
+        from starlette.routing import Host, Match, Mount
+    except ImportError:
+        return None
+    try:
+        routes = getattr(scope.get("router"), "routes", None)
+        app_root = str(scope["app_root_path"])
+        probe: dict[str, Any] = {
+            "type": scope.get("type", "http"),
+            "path": scope.get("path", ""),
+            "root_path": app_root,
+            "method": scope.get("method", "GET"),
+            "headers": scope.get("headers") or [],
+            "path_params": {},
+        }
+        template = app_root.rstrip("/")
+        for _ in range(32):  # nesting depth; a cycle of mounts cannot loop forever
+            if probe["root_path"] == scope.get("root_path"):
+                return template
+            for candidate in routes or ():
+                if isinstance(candidate, (Mount, Host)):
+                    match, child = candidate.matches(probe)
+                    if match is Match.FULL:
+                        break
+            else:
+                return None
+            probe.update(child)
+            if isinstance(candidate, Mount):
+                template += _CONVERTOR.sub(r"{\1}", candidate.path)
+            routes = candidate.routes
+        return None
+    except Exception as error:
+        t.log_failure("route template", error)
+        return None
 
 
 def sse_chunk_has_event(body: bytes) -> bool:
@@ -385,12 +414,16 @@ class _Exchange:
         kind = SpanKind.SERVER
         current = trace.get_current_span(parent)
         if current.get_span_context().is_valid:
-            # Already in a trace: stay in it. INTERNAL when the outer span is a server
-            # span (another instrumentation owns this request) or of unknown kind (not
-            # recording, as an outer server span that was not sampled).
-            if not current.is_recording() or getattr(current, "kind", None) in (
-                SpanKind.SERVER,
-                None,
+            # Already in a trace: stay in it, as a SERVER span only under a span that is
+            # not a server span and is the local root (no server span can be above it).
+            # INTERNAL otherwise: under another instrumentation's server span, under a
+            # span of unknown kind (not recording, as an unsampled outer server span) or
+            # under a local child span, which may have a server span above it.
+            parent_context = getattr(current, "parent", None)
+            if (
+                not current.is_recording()
+                or getattr(current, "kind", None) in (SpanKind.SERVER, None)
+                or (parent_context is not None and not parent_context.is_remote)
             ):
                 kind = SpanKind.INTERNAL
         elif _carries_context(scope):
@@ -504,7 +537,7 @@ class _Exchange:
                 body = message.get("body", b"")
                 size = counted = len(body)
                 final = not message.get("more_body", False)
-                if size and self.reader is not None:
+                if size and self.reader is not None and self.disconnected_at is None:
                     try:
                         self.reader.feed(body)
                     except Exception as error:
