@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 import statistics
@@ -224,7 +225,10 @@ class Generator:
 def cpu_seconds(pid: int) -> float:
     """CPU time a process has run so far, all threads, from the scheduler (ns resolution)."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():  # not Linux: no reading, reported as n/a
+        return math.nan
+    for task in tasks.iterdir():
         with contextlib.suppress(OSError, ValueError, IndexError):  # a thread just exited
             total += int((task / "schedstat").read_text().split()[0])
     return total / 1e9
@@ -310,8 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in ROWS:
         ratios = [mine / bare for mine, bare in zip(throughput[row], throughput[BARE], strict=True)]
         vs_bare = "1 (baseline)" if row == BARE else f"{statistics.median(ratios):.3f}"
-        cpu_ratios = [mine / bare for mine, bare in zip(cpu[row], cpu[BARE], strict=True)]
-        cpu_vs = "1 (baseline)" if row == BARE else f"{statistics.median(cpu_ratios):.2f}"
+        pairs = zip(cpu[row], cpu[BARE], strict=True)
+        cpu_ratios = [mine / bare for mine, bare in pairs if bare > 0 and not math.isnan(mine)]
+        if row == BARE:
+            cpu_vs = "1 (baseline)"
+        else:
+            cpu_vs = f"{statistics.median(cpu_ratios):.2f}" if cpu_ratios else "n/a"
         p50, p99 = (percentile(ttfbs[row], q) * 1000 for q in (0.5, 0.99))
         print(
             f"| {row} | {statistics.median(throughput[row]):,.0f} | {vs_bare} "
