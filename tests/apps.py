@@ -52,3 +52,23 @@ async def start(send: Any, content_type: bytes = b"text/plain") -> None:
     await send(
         {"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]}
     )
+
+
+def scope_for(path: str, **overrides: Any) -> Scope:
+    """An HTTP scope for calling an ASGI app in-process, as a server would build it."""
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+    scope.update(overrides)
+    return scope

@@ -30,6 +30,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from otel_stream import StreamingMiddleware
+from tests.apps import scope_for
 from tests.servers import SERVERS, serve, wait_until
 from tests.telemetry_harness import Telemetry
 
@@ -241,20 +242,11 @@ def late_start(sent: list[Message]) -> bool:
     return any(m["type"] == "http.response.start" for m in sent[1:])
 
 
-SCOPE: dict[str, Any] = {
-    "type": "http",
-    "asgi": {"version": "3.0", "spec_version": "2.4"},
-    "http_version": "1.1",
-    "method": "GET",
-    "scheme": "http",
-    "path": "/chaos",
-    "raw_path": b"/chaos",
-    "query_string": b"",
-    "root_path": "",
-    "headers": [(b"host", b"test"), (b"user-agent", b"chaos")],
-    "client": ("127.0.0.1", 50000),
-    "server": ("127.0.0.1", 80),
-}
+SCOPE = scope_for(
+    "/chaos",
+    asgi={"version": "3.0", "spec_version": "2.4"},
+    headers=[(b"host", b"test"), (b"user-agent", b"chaos")],
+)
 
 
 async def exchange(

@@ -17,6 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
 from otel_stream import StreamingMiddleware
+from tests.apps import scope_for
 from tests.rawclient import read_slowly
 from tests.servers import SERVERS, serve, wait_until
 from tests.telemetry_harness import Telemetry
@@ -56,23 +57,6 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         return
     await send({"type": "http.response.body", "body": b""})
-
-
-def scope_for(path: str) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
 
 
 async def one_stream(middleware: StreamingMiddleware, path: str) -> None:

@@ -16,12 +16,22 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Host, Mount, Route
 
 from otel_stream import StreamingMiddleware
-from tests.apps import read_body, starlette_app, start, token_stream
+from tests.apps import read_body, scope_for, starlette_app, start, token_stream
 from tests.servers import SERVERS, serve, wait_until
 from tests.telemetry_harness import Telemetry
 
 FIRST_TOKEN_AFTER = 0.15
 PACE = 0.03
+
+
+def upstream_server_span(app: Any, telemetry: Telemetry) -> Any:
+    """``app`` inside opentelemetry-instrumentation-asgi, which opens the SERVER span."""
+    return OpenTelemetryMiddleware(
+        app,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        exclude_spans=["send", "receive"],
+    )
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -150,12 +160,7 @@ def test_nested_under_an_outer_server_span_the_request_span_is_internal(
     telemetry: Telemetry,
 ) -> None:
     inner = StreamingMiddleware(starlette_app(count=2), **telemetry.providers)
-    outer = OpenTelemetryMiddleware(
-        inner,
-        tracer_provider=telemetry.tracer_provider,
-        meter_provider=telemetry.meter_provider,
-        exclude_spans=["send", "receive"],
-    )
+    outer = upstream_server_span(inner, telemetry)
     with serve(outer) as url:
         httpx.get(url + "/stream/1")
     assert wait_until(lambda: len(telemetry.spans()) == 3)
@@ -275,21 +280,11 @@ def _call_directly(app: Any) -> list[dict[str, Any]]:
     No server in the test set implements the zero-copy or path-send extensions, so these
     messages are exercised without one."""
     sent: list[dict[str, Any]] = []
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/file",
-        "raw_path": b"/file",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [],
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 50000),
-        "extensions": {"http.response.zerocopysend": {}, "http.response.pathsend": {}},
-    }
+    scope = scope_for(
+        "/file",
+        asgi={"version": "3.0", "spec_version": "2.4"},
+        extensions={"http.response.zerocopysend": {}, "http.response.pathsend": {}},
+    )
 
     async def main() -> None:
         delivered = False
@@ -361,12 +356,7 @@ def test_under_an_outer_server_span_and_a_span_inside_it_the_request_span_is_int
         with tracer.start_as_current_span("auth check", kind=SpanKind.INTERNAL):
             await inner(scope, receive, send)
 
-    outer = OpenTelemetryMiddleware(
-        checking,
-        tracer_provider=telemetry.tracer_provider,
-        meter_provider=telemetry.meter_provider,
-        exclude_spans=["send", "receive"],
-    )
+    outer = upstream_server_span(checking, telemetry)
     with serve(outer) as url:
         assert httpx.get(url + "/plain").text == "plain answer"
     assert wait_until(lambda: len(telemetry.spans()) == 3)
