@@ -171,7 +171,7 @@ def make_app(script: list[tuple[Any, ...]], server: FakeServer, run: Run, sse: b
                 body = b"data: x\n\n" * action[1] if sse else b"y" * (7 * action[1])
                 message = {"type": "http.response.body", "body": body, "more_body": action[2]}
             elif kind == "receive":
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(receive(), 0.002)
                 continue
             elif kind == "pause":
@@ -392,7 +392,7 @@ async def mixed_app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
         try:
             message = await asyncio.wait_for(receive(), 0.01)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             continue
         if message["type"] == "http.disconnect":
             return

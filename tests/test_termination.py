@@ -139,7 +139,7 @@ def test_cancelled_app_task_is_cancelled(telemetry: Telemetry, server: str) -> N
             return
         try:
             await asyncio.wait_for(inner(scope, receive, send), 0.1)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin on Python 3.10
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     with serve(timeout_wrapper, server) as url:
