@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from otel_stream import StreamingMiddleware, buckets
+from otel_stream.asgi.routes import route_of
 from otel_stream.config import Settings
-from otel_stream.middleware import route_of, sse_chunk_has_event
+from otel_stream.payloads.events import sse_chunk_has_event
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:

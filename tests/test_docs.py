@@ -22,7 +22,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.util.http import ExcludeList
 from prometheus_client import CollectorRegistry, generate_latest
 
-from otel_stream import StreamingMiddleware, buckets, shutdown, telemetry, termination
+from otel_stream import StreamingMiddleware, attributes, buckets, recorder, shutdown, termination
 from otel_stream import environment_variables as env
 from otel_stream.config import Settings
 
@@ -58,9 +58,7 @@ def row_for(rows: list[list[str]], first_cell: str) -> list[str]:
 # Configuration ---------------------------------------------------------------------------
 
 DEFAULTS = Settings.from_options(environ={})
-SETTING_KEYWORDS = [
-    name for name in inspect.signature(Settings.from_options).parameters if name != "environ"
-]
+SETTING_KEYWORDS = list(Settings.names())
 VARIABLES = [value for name, value in vars(env).items() if name.startswith("OTEL_STREAM_")]
 
 
@@ -132,8 +130,8 @@ def test_the_constructor_arguments_are_documented() -> None:
 
 
 def _instruments(meter_provider: MeterProvider) -> dict[str, Any]:
-    meter = telemetry.get_meter(meter_provider)
-    return dict(vars(telemetry.Instruments(meter, DEFAULTS)))
+    meter = recorder.get_meter(meter_provider)
+    return dict(vars(recorder.Instruments(meter, DEFAULTS)))
 
 
 def _record(instrument: Any) -> None:
@@ -166,7 +164,7 @@ def prometheus_name(attribute: str) -> str:
 INSTRUMENT_ATTRIBUTES = list(_instruments(MeterProvider(shutdown_on_exit=False)))
 KINDS = (
     (UpDownCounter, "up-down counter"),
-    (telemetry.ActiveRequests, "up-down counter"),  # observed: a dict update per phase change
+    (recorder.ActiveRequests, "up-down counter"),  # observed: a dict update per phase change
     (Counter, "counter"),
     (Histogram, "histogram"),
 )
@@ -185,7 +183,7 @@ def test_every_attribute_name_is_documented() -> None:
     text = doc("metrics.md")
     names = [
         value
-        for name, value in vars(telemetry).items()
+        for name, value in vars(attributes).items()
         if name.isupper() and isinstance(value, str) and name not in ("SCOPE_NAME", "SCHEMA_URL")
     ]
     missing = [name for name in names if f"`{name}`" not in text]
