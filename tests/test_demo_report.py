@@ -276,7 +276,7 @@ def test_the_progress_bar_shows_done_of_total_and_the_time_left() -> None:
     by_requests = LoadProgress(
         console, load.LoadPlan(seconds=math.inf, requests=40), lambda: now[0]
     )
-    assert by_requests.status() == "0/40 requests · time left unknown"
+    assert by_requests.status() == "0/40 requests · ?:?? left"
     for _ in range(10):
         by_requests.on_result(result("completed", 0.3, 1.3))
     now[0] += 5.0
@@ -285,6 +285,6 @@ def test_the_progress_bar_shows_done_of_total_and_the_time_left() -> None:
     by_time = LoadProgress(console, load.LoadPlan(seconds=20.0), lambda: now[0])
     now[0] += 12.4
     by_time.on_result(result("completed", 0.3, 1.3))
-    assert by_time.status() == "1 requests · 12/20 s · 0:07 left"
+    assert by_time.status() == "1 request · 12/20 s · 0:07 left"
     now[0] += 10.0
-    assert by_time.status() == "1 requests · 20/20 s · finishing the requests in flight"
+    assert by_time.status() == "1 request · 20/20 s · finishing"

@@ -189,7 +189,7 @@ class LoadProgress:
         self.by_requests = plan.seconds == math.inf and plan.requests is not None
         self.progress = Progress(
             TextColumn("[bold]demo[/]"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             TextColumn("{task.fields[status]}"),
             TextColumn("[dim]{task.description}[/]"),
             console=console,
@@ -206,14 +206,15 @@ class LoadProgress:
             total = self.plan.requests or 0
             text = f"{self.done}/{total} requests"
             if self.done == 0:
-                return text + " · time left unknown"
+                return text + " · ?:?? left"
             left = elapsed / self.done * (total - self.done)
         else:
             shown = min(self.plan.seconds, elapsed)
-            text = f"{self.done} requests · {shown:.0f}/{self.plan.seconds:g} s"
+            plural = "" if self.done == 1 else "s"
+            text = f"{self.done} request{plural} · {shown:.0f}/{self.plan.seconds:g} s"
             left = self.plan.seconds - elapsed
         if left <= 0:
-            return text + " · finishing the requests in flight"
+            return text + " · finishing"
         return text + f" · {int(left) // 60}:{int(left) % 60:02d} left"
 
     def __enter__(self) -> LoadProgress:
