@@ -225,7 +225,9 @@ def test_coarse_buckets_fail_the_report_and_its_exit_status() -> None:
 
     as_json = run_cli(*args, "--json", env=clean_env(**COARSE))
     assert as_json.returncode == 2, as_json.stderr
+    assert "Infinity" not in as_json.stdout  # strict JSON: --requests leaves seconds unset
     report = json.loads(as_json.stdout)
+    assert report["seconds"] is None
     assert report["ok"] is False
     timings = {timing["label"]: timing for timing in report["timings"]}
     p50 = timings["time to first byte"]["quantiles"][0]
