@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_stream import autoinstrument
+from otel_stream import autoinstrument, sdk
 from tests.auto_support import python_path
 
 BIN = str(Path(sys.executable).parent)
@@ -108,7 +108,7 @@ def test_a_process_gets_a_service_instance_id_even_from_an_old_sdk(
 
     monkeypatch.setattr(Resource, "create", classmethod(lambda cls, *a, **k: Resource({})))
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
-    with autoinstrument._service_instance_id():
+    with sdk._service_instance_id():
         inside = os.environ["OTEL_RESOURCE_ATTRIBUTES"]
     assert inside.startswith("deployment.environment=test,service.instance.id=")
     assert len(inside.rsplit("=", 1)[1]) == 36
