@@ -188,3 +188,20 @@ def test_the_distros_grpc_defaults_without_the_grpc_exporter(tmp_path: Path) -> 
         assert stderr.count(f"otel-stream: {signal} not exported: ") == 1, stderr
     assert "'otlp' here means 'otlp_proto_grpc', which is not installed" in stderr
     assert "start-up failed" not in stderr
+
+
+@pytest.mark.skipif(_installed("otlp_proto_grpc"), reason="the gRPC exporter is installed here")
+def test_the_warning_docs_auto_instrumentation_shows_is_the_real_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _, variable, protocol, _ in sdk.SIGNALS:
+        monkeypatch.delenv(variable, raising=False)
+        monkeypatch.delenv(protocol, raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
+    monkeypatch.setenv("OTEL_LOGS_EXPORTER", "otlp")
+    caplog.set_level(logging.WARNING, logger="otel_stream")
+    with sdk.installed_exporters_only():
+        pass
+    (message,) = [record.getMessage() for record in caplog.records]
+    doc = Path(__file__).resolve().parents[1] / "docs" / "auto-instrumentation.md"
+    assert f"\n{message}\n" in doc.read_text(encoding="utf-8")

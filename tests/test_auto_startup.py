@@ -113,3 +113,37 @@ def test_a_process_gets_a_service_instance_id_even_from_an_old_sdk(
     assert inside.startswith("deployment.environment=test,service.instance.id=")
     assert len(inside.rsplit("=", 1)[1]) == 36
     assert os.environ["OTEL_RESOURCE_ATTRIBUTES"] == "deployment.environment=test"
+
+
+def test_an_invalid_value_warns_once_with_the_start_up_default_and_is_removed() -> None:
+    """``ture``: one warning saying the process is not instrumented; a middleware added in
+    code afterwards records as usual without a second, contradicting warning."""
+    code = textwrap.dedent(
+        """
+        import os
+        import uvicorn.config
+        from otel_stream import StreamingMiddleware
+        from otel_stream.config import Settings
+        StreamingMiddleware(lambda scope, receive, send: None)
+        print(os.environ.get("OTEL_STREAM_ENABLED"), Settings.from_options().enabled,
+              hasattr(uvicorn.config.Config.load, "__wrapped__"))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = python_path()
+    env["OTEL_STREAM_ENABLED"] = "ture"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.split() == ["None", "True", "False"]
+    (warning,) = result.stderr.strip().splitlines()
+    assert warning == (
+        "otel-stream: invalid OTEL_STREAM_ENABLED='ture' (expected true or false); using the "
+        "default unset (this process is not instrumented at start-up; a StreamingMiddleware "
+        "added in code records as usual)"
+    )

@@ -66,13 +66,30 @@ def start() -> None:
 def _start() -> None:
     if under_opentelemetry_instrument():
         return
-    if not resolve(env.OTEL_STREAM_ENABLED, None, parse_bool, False):
+    if not _enabled():
         return
     if disabled_by_opentelemetry():
         return
     from otel_stream.instrumentor import StreamingInstrumentor
 
     StreamingInstrumentor().instrument(configure_sdk=True)
+
+
+def _enabled() -> bool:
+    """``OTEL_STREAM_ENABLED`` as the start-up switch (default: off).
+
+    An invalid value warns once and is then removed from the environment, as the
+    instrumentor does with the other variables: a middleware added in code, and the
+    processes this one starts, then use their default without a second warning.
+    """
+    enabled = resolve(env.OTEL_STREAM_ENABLED, None, parse_bool, False)
+    raw = os.environ.get(env.OTEL_STREAM_ENABLED, "")
+    try:
+        parse_bool(raw)
+    except ValueError:
+        if raw.strip():  # blank is unset, not invalid
+            del os.environ[env.OTEL_STREAM_ENABLED]
+    return enabled
 
 
 def under_opentelemetry_instrument() -> bool:
