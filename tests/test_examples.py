@@ -1,8 +1,9 @@
 """The examples run as documented and print otel-stream's two spans; the README shows them.
 
-Each example is served by uvicorn from ``examples/`` on loopback, in its own process
-group, exactly as its docstring says; a real streaming client (httpx) reads the answer,
-and the spans are read back from what the console exporter printed.
+Each example is served by uvicorn on loopback, in its own process group, as its docstring
+says (``--app-dir examples`` stands for starting in that directory); a real streaming
+client (httpx) reads the answer, and the spans are read back from what the console
+exporter printed.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ EXAMPLES = REPOSITORY / "examples"
 WORDS = ["Hello", " from", " a", " stream", "."]
 
 
-def serve(module: str) -> ServerProcess:
+def serve(module: str, directory: Path) -> ServerProcess:
+    """``uvicorn module:app`` as if started in examples/; its output goes to ``directory``."""
     port = free_port()
-    argv = ["uvicorn", f"{module}:app", "--host", "127.0.0.1", "--port", str(port)]
-    return ServerProcess(argv, environment(None, module), EXAMPLES, port, name=module)
+    argv = [
+        *("uvicorn", f"{module}:app", "--app-dir", str(EXAMPLES)),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+    return ServerProcess(argv, environment(None, module), directory, port, name=module)
 
 
 def chat(url: str) -> tuple[list[float], str]:
@@ -65,9 +70,9 @@ def wait_for(server: ServerProcess, name: str, timeout: float = 10.0) -> list[An
     ],
 )
 def test_the_example_streams_and_prints_the_request_and_stream_spans(
-    module: str, request_name: str
+    module: str, request_name: str, tmp_path: Path
 ) -> None:
-    server = serve(module)
+    server = serve(module, tmp_path)
     with running(server):
         arrivals, body = chat(server.url)
         spans = wait_for(server, f"{request_name} stream")
