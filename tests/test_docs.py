@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from otel_stream import StreamingMiddleware, buckets, shutdown, telemetry, termination
 from otel_stream import environment_variables as env
 from otel_stream.config import Settings
+from otel_stream.version import __version__
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -372,3 +373,7 @@ def test_the_install_instructions_work_before_publication() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "pip install -e '.[otlp]'" in readme
     assert "pip install -e '.[otlp]'" in doc("auto-instrumentation.md")
+    # The wheel the pages name is the one `pip wheel .` builds from this checkout.
+    for page in PAGES:
+        for version in re.findall(r"otel_stream-([\w.]+)-py3-none-any\.whl", page.read_text()):
+            assert version == __version__, page
