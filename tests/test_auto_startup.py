@@ -147,3 +147,37 @@ def test_an_invalid_value_warns_once_with_the_start_up_default_and_is_removed() 
         "default unset (this process is not instrumented at start-up; a StreamingMiddleware "
         "added in code records as usual)"
     )
+
+
+def _imported_modules(module: str) -> set[str]:
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    assert spec is not None
+    assert spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {name for name in names if name.startswith("otel_stream")}
+
+
+def test_the_start_up_hook_the_instrumentor_and_the_sdk_set_up_import_no_circle() -> None:
+    """autoinstrument -> instrumentor -> sdk, never back."""
+    assert "otel_stream.instrumentor" in _imported_modules("otel_stream.autoinstrument")
+    assert not {"otel_stream.sdk", "otel_stream.sdk.configure_sdk"} & _imported_modules(
+        "otel_stream.autoinstrument"
+    )
+    instrumentor = _imported_modules("otel_stream.instrumentor")
+    assert "otel_stream.sdk" in instrumentor
+    assert not any(name.startswith("otel_stream.autoinstrument") for name in instrumentor)
+    sdk_imports = _imported_modules("otel_stream.sdk")
+    assert not any(
+        name.startswith(("otel_stream.autoinstrument", "otel_stream.instrumentor"))
+        for name in sdk_imports
+    )
