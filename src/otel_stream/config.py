@@ -51,9 +51,25 @@ def parse_positive_float(text: str) -> float:
     return value
 
 
+#: What a default means, where the value alone does not say it. ``OTEL_STREAM_ENABLED``
+#: has two: unset is the start-up hook's (no instrumentation at start-up), true the
+#: middleware's (it records).
+_DEFAULT_MEANINGS: dict[tuple[str, object], str] = {
+    (env.OTEL_STREAM_ENABLED, False): (
+        "unset (this process is not instrumented at start-up; a StreamingMiddleware "
+        "added in code records as usual)"
+    ),
+    (env.OTEL_STREAM_ENABLED, True): "true (otel-stream records telemetry)",
+}
+
+
 def _warn(name: str, value: object, error: Exception, default: object) -> None:
+    meaning = _DEFAULT_MEANINGS.get((name, default))
+    if meaning is None:
+        variable = name.startswith("OTEL_")
+        meaning = str(default).lower() if variable and isinstance(default, bool) else repr(default)
     logger.warning(
-        "otel-stream: invalid %s=%r (%s); using the default %r", name, value, error, default
+        "otel-stream: invalid %s=%r (%s); using the default %s", name, value, error, meaning
     )
 
 

@@ -410,7 +410,7 @@ class StreamingInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
-        from otel_stream.autoinstrument import configure_sdk
+        from otel_stream.sdk import configure_sdk
 
         setup = configure_sdk if kwargs.pop("configure_sdk", False) else None
         validate_environment()
