@@ -25,12 +25,17 @@ Choices made on purpose (read before "fixing"):
 * **Nothing per chunk.** A 2,000-token answer is 2,000 body messages. Per message the
   middleware does two clock reads, a few integer adds and the awaited ``send``; spans and
   metrics are touched at the first byte and at the end only.
+* **Given a Starlette or FastAPI app** (``app = StreamingMiddleware(app)``), the
+  middleware does its work inside the app's middleware stack, where ``add_middleware``
+  would put it: FastAPI's built-in telemetry starts its SERVER span from the request
+  headers whatever span is current, so wrapping from outside would make two traces.
 * **Disconnects** are seen by a watcher that reads ``receive`` on the app's behalf
   without stealing messages: see :mod:`otel_stream.asgi.disconnect`.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from time import perf_counter, time_ns
 from typing import Any, cast
@@ -151,12 +156,21 @@ class StreamingMiddleware:
             self._active = False
         if self._active:
             shutdown.register(tracer_provider, meter_provider)
+        #: Given a Starlette or FastAPI app, the work is done inside its stack.
+        self.moved_inside = self._active and _move_inside(app, self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.moved_inside and scope["type"] == "http":
+            await self.app(scope, receive, send)  # the app's stack calls `serve`
+            return
+        await self.serve(self.app, scope, receive, send)
+
+    async def serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """Instrument one exchange of ``app``."""
         if scope["type"] != "http" or not self._active or SCOPE_KEY in scope:
             if scope["type"] == "lifespan" and self._active:
                 send = _flushing_lifespan_send(send)
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
             return
         scope[SCOPE_KEY] = True
         responder = None
@@ -167,11 +181,53 @@ class StreamingMiddleware:
                 url = get_host_port_url_tuple(scope)[2]  # type: ignore[no-untyped-call]
                 excluded = settings.excluded_urls.url_disabled(url)
             if not excluded:
-                responder = _Responder(self, scope, receive, send)
+                responder = _Responder(self, app, scope, receive, send)
         if responder is None:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
         else:
             await responder.run()
+
+
+class _InsideStack:
+    """Where a ``StreamingMiddleware`` given a Starlette app does its work: in the stack."""
+
+    def __init__(self, app: ASGIApp, outer: StreamingMiddleware) -> None:
+        self.app = app
+        self.outer = outer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.outer.serve(self.app, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _move_inside(app: ASGIApp, middleware: StreamingMiddleware) -> bool:
+    """Put ``middleware``'s work inside a Starlette or FastAPI app's middleware stack.
+
+    FastAPI's built-in telemetry (and Starlette's ``OpenTelemetryMiddleware``) start
+    their SERVER span from the request headers whatever span is current, so a
+    middleware wrapped around the app from outside would start a second trace. Inside
+    the stack, directly below ``ServerErrorMiddleware`` (where ``add_middleware`` puts
+    it), the request span is their INTERNAL child, or the SERVER span when they are off.
+    Returns False, leaving the app wrapped from outside, for any other app.
+    """
+    starlette = sys.modules.get("starlette.applications")
+    if starlette is None or not isinstance(app, starlette.Starlette):
+        return False
+    with failsafe("placing the middleware in the app's stack"):
+        stack = app.middleware_stack
+        if stack is None:
+            from starlette.middleware import Middleware
+
+            app.user_middleware.insert(0, Middleware(_InsideStack, outer=middleware))
+            return True
+        if type(stack).__name__ == "ServerErrorMiddleware" and callable(
+            getattr(stack, "app", None)
+        ):
+            stack.app = _InsideStack(stack.app, middleware)  # built already: insert in place
+            return True
+    return False
 
 
 def _flushing_lifespan_send(send: Send) -> Send:
@@ -242,12 +298,17 @@ class _Responder:
     )
 
     def __init__(
-        self, middleware: StreamingMiddleware, scope: Scope, receive: Receive, send: Send
+        self,
+        middleware: StreamingMiddleware,
+        app: ASGIApp,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         started_at = perf_counter()
         start_ns = time_ns()
         self.middleware = middleware
-        self.app = middleware.app
+        self.app = app
         self.scope = scope
         self.server_send = send
         self.state = state = Exchange(started_at)
