@@ -320,9 +320,7 @@ class _Responder:
         #: Fed every chunk after it was sent, until the client leaves.
         self.reader: PayloadReader | None = None
         settings = middleware.settings
-        self.watcher = DisconnectWatcher(
-            receive, state.left, self.response_complete, settings.cancel_on_disconnect
-        )
+        self.watcher = DisconnectWatcher(receive, state, settings.cancel_on_disconnect)
         method, span_attributes, metric_attributes = _request_attributes(middleware, scope)
         parent, kind = server_parent(
             lambda: extract_context(scope, asgi_getter, scope.get("headers") or ())
@@ -371,7 +369,8 @@ class _Responder:
             context.detach(token)
 
     async def send(self, message: Message) -> None:
-        if self.state.phase is _STREAMING and message["type"] == _BODY:
+        state = self.state
+        if state.phase is _STREAMING and message["type"] == _BODY:
             # The per-chunk path: forward, then count and read.
             at = perf_counter()
             try:
@@ -380,14 +379,13 @@ class _Responder:
                 self.send_raised(error, at, message)
                 raise
             sent_at = perf_counter()
-            state = self.state
             body = message.get("body", b"")
             if body:
                 state.chunk(at, sent_at, len(body))
             else:
                 state.empty_send(at, sent_at)
             if not message.get("more_body", False):
-                self.body_ended(at, sent_at)
+                self.body_ended(at, sent_at)  # before reading: it may forgive a late leave
             if body and self.reader is not None and not state.peer_left:
                 self.reader.feed(body)
             return
@@ -440,7 +438,7 @@ class _Responder:
                 content_type, settings.payload_max_event_bytes, self.chunk_clock
             )
         record = self.record
-        record.found_route(route_of(self.scope))
+        self.learn_route()
         headers = None
         middleware = self.middleware
         if middleware.response_headers:
@@ -489,13 +487,18 @@ class _Responder:
         if body and reader is not None and not state.peer_left:
             reader.feed(body)
         if first_byte:
-            self.record.found_route(route_of(self.scope))
+            self.learn_route()
             self.record.first_byte(state, reader.first_token_at if reader is not None else None)
 
     def body_ended(self, at: float, sent_at: float) -> None:
         self.body_complete = True
         if not self.trailers_expected:
             self.state.complete(at, sent_at)
+
+    def learn_route(self) -> None:
+        """The route template, once the app has routed the request."""
+        if self.record.route is None:
+            self.record.found_route(route_of(self.scope))
 
     def response_complete(self) -> bool:
         return self.state.phase is Phase.COMPLETE
@@ -533,7 +536,7 @@ class _Responder:
             summary = self.summary()
             truncated = summary is not None and summary.truncated
             reason = state.outcome(error, payload_truncated=truncated)
-            self.record.found_route(route_of(self.scope))
+            self.learn_route()
         state.end(now)
         self.record.end(state, reason, error, summary)
 
