@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from otel_stream import autoinstrument
-from tests.auto_support import python_path
-
-BIN = str(Path(sys.executable).parent)
+from tests import processes
+from tests.processes import child_environment
 
 _PROBE = textwrap.dedent(
     """
@@ -33,19 +29,9 @@ _PROBE = textwrap.dedent(
 
 
 def probe(prefix: list[str], **variables: str) -> tuple[dict[str, bool], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["PYTHONPATH"] = python_path()
-    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
-    env.update({"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}, **variables)
-    env["OTEL_LOGS_EXPORTER"] = "none"
-    result = subprocess.run(
-        [*prefix, "python", "-c", _PROBE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    exporters = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+    env = child_environment(**{**exporters, **variables, "OTEL_LOGS_EXPORTER": "none"})
+    result = processes.run([*prefix, "python", "-c", _PROBE], env=env, timeout=60, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
 
 

@@ -20,7 +20,6 @@ import bisect
 import gzip
 import json
 import math
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -33,7 +32,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.cli_support import clean_env, run_cli
+from tests import processes
+from tests.cli_support import run_cli
+from tests.processes import child_environment
 
 EPSILON = 0.1
 EVERY_END = [
@@ -112,7 +113,9 @@ def exported_terminations(receiver: OtlpReceiver) -> float:
 
 @pytest.mark.slow
 def test_demo_report_agrees_with_the_clients_and_is_exported(otlp: OtlpReceiver) -> None:
-    env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url, OTEL_SERVICE_NAME="demo-under-test")
+    env = child_environment(
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url, OTEL_SERVICE_NAME="demo-under-test"
+    )
     result = run_cli(
         "demo", "--seconds", "5", "--concurrency", "8", "--seed", "7", "--json", env=env
     )
@@ -189,9 +192,7 @@ def test_missing_demo_extra_is_explained_without_a_traceback(command: str) -> No
         f"sys.exit(main([{command!r}, 'http://127.0.0.1:9/'] if {command!r} == 'probe' "
         f"else [{command!r}]))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = processes.run([sys.executable, "-c", code], timeout=60)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"'{missing}'" in result.stderr
@@ -200,7 +201,7 @@ def test_missing_demo_extra_is_explained_without_a_traceback(command: str) -> No
 
 def test_bad_exporter_name_is_one_line() -> None:
     result = run_cli(
-        "demo", "--requests", "1", env=clean_env(OTEL_TRACES_EXPORTER="no_such_exporter")
+        "demo", "--requests", "1", env=child_environment(OTEL_TRACES_EXPORTER="no_such_exporter")
     )
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+from tests import processes
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def run(script: str, *args: str) -> str:
-    completed = subprocess.run(
+    completed = processes.run(
         [sys.executable, str(BENCH / script), *args],
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     return completed.stdout
