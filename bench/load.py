@@ -202,7 +202,7 @@ async def run_open(
     due = 0.0
     for _ in range(streams):
         due += arrivals.expovariate(rate)
-        if due > seconds:
+        if due > seconds and tasks:  # the first arrival always comes
             break
         delay = began + due - time.perf_counter()
         if delay > 0:
