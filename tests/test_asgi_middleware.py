@@ -275,3 +275,40 @@ def test_the_gen_ai_metric_names_are_recorded_when_opted_in(
     assert tuple(duration.explicit_bounds) == buckets.DURATION_BUCKETS
     (ours,) = telemetry.points("http.server.stream.time_to_first_token")
     assert ours.sum == ttft.sum  # the same measurement under both names
+
+
+def test_a_relayed_stream_records_the_time_the_hop_added(telemetry: Telemetry) -> None:
+    """The server side of the hop: what an instrumented client tells the exchange."""
+    from time import perf_counter
+
+    from otel_stream.exchange import current_exchange
+
+    async def relay(scope: Any, receive: Any, send: Any) -> None:
+        await read_body(receive)
+        exchange = current_exchange.get()
+        assert exchange is not None
+        exchange.upstream_first_byte(perf_counter(), 0.25)  # the upstream's first byte
+        exchange.upstream_first_byte(perf_counter() + 1, 9.0)  # a later call: ignored
+        await asyncio.sleep(0.05)  # the hop's own work before passing it on
+        await start(send, SSE)
+        for event in ANSWER:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    app = StreamingMiddleware(relay, **telemetry.providers)
+    asyncio.run(app(scope_for("/relay"), server_receive(), send))
+    assert current_exchange.get() is None  # reset after the exchange
+    request = telemetry.span("GET")
+    assert request.attributes["http.stream.upstream.time_to_first_byte"] == 0.25
+    (hop,) = telemetry.points("http.server.stream.hop.time_to_first_byte")
+    assert hop.count == 1
+    assert 0.05 <= hop.sum < request.attributes["http.stream.time_to_first_byte"]
+
+
+def test_an_exchange_without_an_upstream_records_no_hop(telemetry: Telemetry) -> None:
+    run_chat(telemetry)
+    assert "http.stream.upstream.time_to_first_byte" not in telemetry.span("GET").attributes
+    assert telemetry.points("http.server.stream.hop.time_to_first_byte") == []
