@@ -132,7 +132,7 @@ def test_plain_events_of_every_sse_shape_but_coalesced_ones_are_counted_by_shape
     shape = corpus.SHAPES[name](300)
     hits = plain_shape_hits(shape)
     if name == "several-events-per-chunk":
-        assert hits == 0  # four events to a chunk: cut and scanned event by event
+        assert hits == 0  # four events to a chunk: cut, then matched event by event
     else:
         assert hits >= 300 * 0.9, hits  # TGI's and Ollama's "created" ticks: relearned
 

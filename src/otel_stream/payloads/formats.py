@@ -368,14 +368,17 @@ class Interpreter:
     def recognise(self, name: str) -> Callable[[Any], None]:
         """Switch to the format ``name``; returns its decoded-event method."""
         self.format = name
-        handle, apply = {
-            OPENAI_CHAT: (self.chat, self.chat_object),
-            OPENAI_RESPONSES: (self.responses, self.responses_object),
-            ANTHROPIC: (self.anthropic, self.anthropic_object),
-            OLLAMA: (self.ollama, self.ollama_object),
-        }[name]
-        self.handle = handle
-        return apply
+        if name == OPENAI_CHAT:
+            self.handle = self.chat
+            return self.chat_object
+        if name == OPENAI_RESPONSES:
+            self.handle = self.responses
+            return self.responses_object
+        if name == ANTHROPIC:
+            self.handle = self.anthropic
+            return self.anthropic_object
+        self.handle = self.ollama
+        return self.ollama_object
 
     # Before a format is known ----------------------------------------------------------
 

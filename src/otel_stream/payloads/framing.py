@@ -87,12 +87,8 @@ def _shared_start(first: bytes, second: bytes) -> int:
     return low
 
 
-def _is_text(chunk: bytes, start: int, end: int) -> bool:
-    """Whether ``chunk[start:end]`` is the inside of a JSON string on one line."""
-    return (
-        PLAIN_TEXT.fullmatch(chunk, start, end) is not None
-        or JSON_TEXT.fullmatch(chunk, start, end) is not None
-    )
+_plain_text = PLAIN_TEXT.fullmatch
+_json_text = JSON_TEXT.fullmatch
 
 
 def _text_end(chunk: bytes, start: int) -> int:
@@ -118,8 +114,10 @@ class _PlainShape:
     __slots__ = (
         "after",
         "before",
+        "cr_back",
         "head",
         "hole_is_text",
+        "lf_back",
         "line_end",
         "rest_back",
         "tail",
@@ -131,6 +129,10 @@ class _PlainShape:
         self.text_at = len(head)
         self.tail = tail  # while it is exact: every event so far ended with these bytes
         self.line_end = line_end
+        # Where, back from the end of a chunk, its first line feed and carriage return
+        # (-1: none) must be.
+        self.lf_back = len(line_end) - line_end.find(b"\n")
+        self.cr_back = len(line_end) - line_end.find(b"\r") if b"\r" in line_end else -1
         # Once two events' tails differed: what they share before and after the part
         # that varies (the hole), whether the hole is inside a JSON string, and how far
         # back from the hole checks for a finish reason, usage or error must start.
@@ -140,40 +142,52 @@ class _PlainShape:
         self.rest_back = 0
 
     def matches(self, chunk: bytes) -> bool:
-        """Whether ``chunk`` is one event of this shape (it cannot change the summary)."""
+        """Whether ``chunk`` is one event of this shape (it cannot change the summary).
+
+        ``SseReader.feed`` runs the same test with the common case inlined."""
         if not chunk.startswith(self.head):
             return False
-        size = len(chunk)
-        text_at = self.text_at
         tail = self.tail
-        if tail is not None:  # the same bytes after the text: only the text may differ
-            text_end = size - len(tail)
-            return (
-                text_end >= text_at and chunk.endswith(tail) and _is_text(chunk, text_at, text_end)
+        if tail is None:
+            return self.varies_plainly(chunk)
+        text_at = self.text_at
+        text_end = len(chunk) - len(tail)
+        return (
+            text_end >= text_at
+            and chunk.endswith(tail)
+            and (
+                _plain_text(chunk, text_at, text_end) is not None
+                or _json_text(chunk, text_at, text_end) is not None
             )
+        )
+
+    def varies_plainly(self, chunk: bytes) -> bool:
+        """For a chunk that starts with the head, whether what follows it is plain, when
+        the tail is not exact (typed formats, tails with a varying part)."""
+        size = len(chunk)
         before = self.before
         if not before:  # typed: the type decides; the rest must be this one line
-            return self.one_line(chunk, text_at, size)
-        close = _text_end(chunk, text_at)
+            return self.one_line(chunk, self.text_at, size)
+        close = _text_end(chunk, self.text_at)
         hole = close + len(before)
         hole_end = size - len(self.after)
         if hole_end < hole or not chunk.startswith(before, close) or not chunk.endswith(self.after):
             return False
         if self.hole_is_text:
-            return _is_text(chunk, hole, hole_end)
+            return (
+                _plain_text(chunk, hole, hole_end) is not None
+                or _json_text(chunk, hole, hole_end) is not None
+            )
         start = hole - self.rest_back
         return self.one_line(chunk, start, size) and not chat_may_matter(chunk, start)
 
     def one_line(self, chunk: bytes, start: int, size: int) -> bool:
         """Whether ``chunk`` from ``start`` on is the rest of one line and the line end."""
-        line_end = self.line_end
-        if chunk.find(_LF, start) != size - len(line_end) + line_end.find(b"\n"):
+        if chunk.find(_LF, start) != size - self.lf_back:
             return False
-        first_cr = line_end.find(b"\r")
         cr = chunk.find(_CR, start)
-        return (
-            cr < 0 if first_cr < 0 else cr == size - len(line_end) + first_cr
-        ) and chunk.endswith(line_end)
+        cr_back = self.cr_back
+        return (cr < 0 if cr_back < 0 else cr == size - cr_back) and chunk.endswith(self.line_end)
 
     def narrow(self, tail: bytes) -> None:
         """Keep of the tail only what it shares with ``tail``, another event's."""
@@ -304,7 +318,7 @@ class _Reader:
 class SseReader(_Reader):
     """Reads ``text/event-stream`` bodies: one ``data`` per event to the interpreter."""
 
-    __slots__ = ("after_cr", "bom", "clean", "fast", "shape", "started")
+    __slots__ = ("after_cr", "block_shape", "bom", "clean", "fast", "shape", "started")
 
     def __init__(self, max_event_bytes: int, clock: Callable[[], float]) -> None:
         super().__init__(max_event_bytes, clock)
@@ -314,6 +328,9 @@ class SseReader(_Reader):
         self.clean = False  # nothing pending from earlier chunks: one-event paths may run
         self.shape: _PlainShape | None = None  # the plain events' shape, once learned
         self.fast: _PlainShape | None = None  # ``shape`` while nothing is pending
+        #: The plain events' shape as ``read`` cuts them (``data: ...\n``), for chunks of
+        #: several events.
+        self.block_shape: _PlainShape | None = None
 
     def feed(self, chunk: bytes) -> None:
         """Read one body chunk; never raises.
@@ -325,9 +342,24 @@ class SseReader(_Reader):
         through ``read``.
         """
         fast = self.fast
-        if fast is not None and type(chunk) is bytes and fast.matches(chunk):
-            self.interpreter.events += 1
-            return
+        if fast is not None and type(chunk) is bytes and chunk.startswith(fast.head):
+            tail = fast.tail
+            if tail is None:
+                plain = fast.varies_plainly(chunk)
+            else:  # the common case, inlined: only the text differs from the learned event
+                text_at = fast.text_at
+                text_end = len(chunk) - len(tail)
+                plain = (
+                    text_end >= text_at
+                    and chunk.endswith(tail)
+                    and (
+                        _plain_text(chunk, text_at, text_end) is not None
+                        or _json_text(chunk, text_at, text_end) is not None
+                    )
+                )
+            if plain:
+                self.interpreter.events += 1
+                return
         if self.error is not None:
             return
         try:
@@ -338,7 +370,7 @@ class SseReader(_Reader):
         except Exception as error:
             self.failed(error)
             self.clean = False
-            self.shape = self.fast = None
+            self.shape = self.fast = self.block_shape = None
 
     def one_event(self, chunk: bytes) -> bool:
         """Read ``chunk`` if it is one event with its data on its last line; else False."""
@@ -381,26 +413,26 @@ class SseReader(_Reader):
         interpreter.handle(data)
         if interpreter.plain:
             interpreter.plain = False
-            self.learn(chunk, start, data, chunk[end:])
+            self.shape = self.learned(self.shape, chunk, start, data, chunk[end:])
 
-    def learn(self, chunk: bytes, start: int, data: bytes, line_end: bytes) -> None:
-        """Remember the shape of ``chunk``, a plain event whose data begins at ``start``."""
+    def learned(
+        self, shape: _PlainShape | None, chunk: bytes, start: int, data: bytes, line_end: bytes
+    ) -> _PlainShape | None:
+        """``shape`` updated with ``chunk``, a plain event whose data begins at ``start``."""
         text_at, is_text = plain_head(data)
         if text_at < 0:
-            return
+            return shape
         head = chunk[: start + text_at]
         if not is_text:
-            self.shape = _PlainShape(head, None, line_end)
-            return
+            return _PlainShape(head, None, line_end)
         close = _text_end(chunk, len(head))
         if close >= len(chunk) or chunk[close] != _QUOTE:
-            return  # the text holds a raw line break: not a model to learn
+            return shape  # the text holds a raw line break: not a model to learn
         tail = chunk[close:]
-        shape = self.shape
         if shape is not None and shape.head == head and shape.line_end == line_end:
             shape.narrow(tail)
-        else:
-            self.shape = _PlainShape(head, tail, line_end)
+            return shape
+        return _PlainShape(head, tail, line_end)
 
     def read(self, data: bytes) -> None:
         if not self.started:
@@ -434,7 +466,12 @@ class SseReader(_Reader):
         end = find(_EVENT_END, start)
         while end >= 0:
             if end > start:
-                self.block(data[start : end + 1])
+                block = data[start : end + 1]
+                shape = self.block_shape  # several events to a chunk: their own shape
+                if shape is not None and shape.matches(block):
+                    self.interpreter.events += 1
+                else:
+                    self.block(block)
             start = end + len(_EVENT_END)
             end = find(_EVENT_END, start)
         if start < len(data):
@@ -485,7 +522,13 @@ class SseReader(_Reader):
             value_start = start + len(_DATA_FIELD)
             if block[value_start] == _SPACE:
                 value_start += 1
-            self.interpreter.handle(block[value_start:-1])
+            interpreter = self.interpreter
+            interpreter.plain = False
+            data = block[value_start:-1]
+            interpreter.handle(data)
+            if interpreter.plain:
+                interpreter.plain = False
+                self.block_shape = self.learned(self.block_shape, block, value_start, data, b"\n")
             return
         values = []
         for line in block.split(b"\n"):
