@@ -19,12 +19,14 @@ Choices made on purpose (read before "fixing"):
   ``chat`` decides with byte scans that do not depend on the encoder's spelling: every
   ``"finish_reason"`` must be followed by ``:null`` or ``: null`` (or be absent, as
   gateways that leave nulls out write it), every ``"usage"`` likewise, and ``"error"``
-  must not occur. Such an event is counted and, when it was read from a chunk of its
-  own, reported to the framing (``plain_start``) so that the framing can recognise the
-  next ones without calling this module (see ``framing``). Anthropic and Responses text
-  deltas are recognised by their leading ``type``; an Ollama line by its trailing
-  ``"done":false}``. This assumes Ollama reports an error in a line of its own
-  (``{"error": ...}``), as it does.
+  must not occur. Such an event is counted and flagged ``plain``, so the framing can
+  learn its shape and count the next ones without calling this module at all (see
+  ``framing``). Anthropic and Responses text deltas are recognised by their leading
+  ``type``, an Ollama line by its trailing ``"done":false}``.
+* **What is not read, on purpose.** Two things the scans can miss, each tested: an
+  Ollama line that ends ``"done":false}`` but carries an ``error`` key (Ollama reports
+  errors in a line of their own, ``{"error": ...}``); and a model named only in events
+  read after the first token (see the next point).
 * **The model is read once.** ``model`` is taken from the first decoded event that
   names one (OpenAI chunks and Ollama lines: ``model``; Anthropic: ``message_start``'s
   ``message.model``; Responses: ``response.model``), never from a decode made for it:

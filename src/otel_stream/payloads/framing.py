@@ -8,21 +8,25 @@ Choices made on purpose (read before "fixing"):
 * **Plain events are recognised by their shape.** Once the first token is known, most
   events of a stream cannot change the summary, and they are all alike: the same bytes
   before the text, the text, the same bytes after it (at most a few values change:
-  OpenAI's ``obfuscation`` padding, llama.cpp's ``timings``). When ``formats`` finds,
-  by byte scans, that an event sent as a chunk of its own cannot change the summary,
+  OpenAI's ``obfuscation`` padding, llama.cpp's ``timings``, a ``created`` that ticks).
+  When ``formats`` finds, by byte scans, that an event cannot change the summary,
   ``SseReader`` learns its shape (``_PlainShape``): the bytes up to its text (the
-  ``data:`` line, an ``event:`` line before it, the JSON up to the text value), and for
-  chat chunks the bytes from the text's closing quote on. A later chunk that starts with
-  the same head, whose text holds no quote or line break and does not end in a
-  backslash, and that goes on with the same tail, has the same JSON structure as the
-  event it was learned from: it is counted without being cut or read, with two
-  comparisons and one short regular-expression match. Bytes after the part of the tail
-  that stayed the same are checked for what a finish reason, usage or error other than
-  null looks like (``formats.PLAIN_CHAT_REST``) and for line breaks. For Anthropic and
-  Responses text deltas the head runs to the end of the event's ``type``, which alone
-  says the event is a text delta; the rest of the line only has to be one line. A head
-  that stops matching (a ``created`` that ticks, another choice) sends the chunk down
-  the ordinary path, which learns the new shape.
+  ``data:`` line, an ``event:`` line before it, the JSON up to the text value) and, for
+  chat chunks, the bytes from the text's closing quote to the end. A later chunk that
+  starts with that head, ends with that tail, and whose text between them is the inside
+  of a JSON string on one line (no unescaped quote, no raw line break) has the JSON
+  structure of the event the shape was learned from, so it cannot change the summary
+  either: it is counted without being cut or read, with two comparisons and one
+  regular-expression match (inlined in ``feed``). When tails differ, only what they
+  share before and after the varying part is kept; the varying part must then be the
+  inside of a string too (OpenAI's padding), or else it is scanned for a finish reason,
+  usage or error other than null and for line breaks (llama.cpp's ``timings``). For
+  Anthropic and Responses text deltas the head runs to the end of the event's ``type``,
+  which alone says the event is a text delta; the rest only has to be one line. A chunk
+  that does not match goes the ordinary way, which learns its shape if it is plain. A
+  chunk of several events is cut as usual and each event matched against a shape
+  learned from such events (``block_shape``). This is exact, not an approximation: a
+  matching chunk differs from a plain event only inside a string.
 * **Bounded memory.** An event longer than ``max_event_bytes`` is not buffered: its first
   4 KiB and its last 16 KiB (at most ``max_event_bytes`` each) are kept and everything
   between is dropped until the event ends. The event still counts, and the interpreter
@@ -168,10 +172,15 @@ class _PlainShape:
         before = self.before
         if not before:  # typed: the type decides; the rest must be this one line
             return self.one_line(chunk, self.text_at, size)
-        close = _text_end(chunk, self.text_at)
+        # ``before`` starts with the text's closing quote, which the text cannot hold
+        # unescaped: its first match ends the text, unless the text is not plain.
+        text_at = self.text_at
+        close = chunk.find(before, text_at)
         hole = close + len(before)
         hole_end = size - len(self.after)
-        if hole_end < hole or not chunk.startswith(before, close) or not chunk.endswith(self.after):
+        if close < 0 or hole_end < hole or not chunk.endswith(self.after):
+            return False
+        if _plain_text(chunk, text_at, close) is None and _json_text(chunk, text_at, close) is None:
             return False
         if self.hole_is_text:
             return (
