@@ -130,7 +130,7 @@ _TEXT_VALUES = tuple(
 #: one character class, the fast case of the regular-expression engine.
 PLAIN_TEXT = re.compile(rb'[^"\\\r\n]*')
 #: The inside of any JSON string with no raw line break.
-JSON_TEXT = re.compile(rb'(?:[^"\\\r\n]|\\[^\r\n])*')
+JSON_TEXT = re.compile(rb'[^"\\\r\n]*(?:\\[^\r\n][^"\\\r\n]*)*')
 
 # Regular expressions for the first and last bytes of oversized events.
 _TYPE_VALUE = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.\-]{1,64})"')

@@ -471,9 +471,15 @@ class SseReader(_Reader):
             start = self.complete(data)
         if start < 0:
             return
+        # Events end at a blank line: a line feed followed by another. Searched for one
+        # line feed at a time (``memchr``): a two-byte search is several times slower.
         find = data.find
-        end = find(_EVENT_END, start)
+        size = len(data)
+        end = find(_LF, start)
         while end >= 0:
+            if end + 1 == size or data[end + 1] != _LF:
+                end = find(_LF, end + 1)
+                continue
             if end > start:
                 block = data[start : end + 1]
                 shape = self.block_shape  # several events to a chunk: their own shape
@@ -482,8 +488,8 @@ class SseReader(_Reader):
                 else:
                     self.block(block)
             start = end + len(_EVENT_END)
-            end = find(_EVENT_END, start)
-        if start < len(data):
+            end = find(_LF, start)
+        if start < size:
             self.hold(data[start:] if start else data)
 
     def complete(self, data: bytes) -> int:
