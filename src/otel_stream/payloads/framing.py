@@ -119,6 +119,7 @@ class _PlainShape:
         "after",
         "before",
         "cr_back",
+        "exact",
         "head",
         "hole_is_text",
         "lf_back",
@@ -132,6 +133,8 @@ class _PlainShape:
         self.head = head
         self.text_at = len(head)
         self.tail = tail  # while it is exact: every event so far ended with these bytes
+        #: ``(head, tail, text_at, len(tail))`` while the tail is exact, for ``feed``.
+        self.exact = None if tail is None else (head, tail, self.text_at, len(tail))
         self.line_end = line_end
         # Where, back from the end of a chunk, its first line feed and carriage return
         # (-1: none) must be.
@@ -153,6 +156,8 @@ class _PlainShape:
             return False
         tail = self.tail
         if tail is None:
+            if not self.before:  # typed: the type decides; the rest must be this one line
+                return self.one_line(chunk, self.text_at, len(chunk))
             return self.varies_plainly(chunk)
         text_at = self.text_at
         text_end = len(chunk) - len(tail)
@@ -166,12 +171,10 @@ class _PlainShape:
         )
 
     def varies_plainly(self, chunk: bytes) -> bool:
-        """For a chunk that starts with the head, whether what follows it is plain, when
-        the tail is not exact (typed formats, tails with a varying part)."""
+        """For a chat chunk that starts with the head, whether what follows it is plain,
+        when the tails seen had a varying part."""
         size = len(chunk)
         before = self.before
-        if not before:  # typed: the type decides; the rest must be this one line
-            return self.one_line(chunk, self.text_at, size)
         # ``before`` starts with the text's closing quote, which the text cannot hold
         # unescaped: its first match ends the text, unless the text is not plain.
         text_at = self.text_at
@@ -209,8 +212,9 @@ class _PlainShape:
         after = old[len(old) - shared_end :]
         if not before or not after.endswith(self.line_end):
             self.head = b"\x00"  # nothing to go by: match no chunk until relearned
+            self.exact = None
             return
-        self.tail = None
+        self.tail = self.exact = None
         self.before = before
         self.after = after
         # A string that varies (OpenAI's obfuscation padding) is checked as a string;
@@ -351,24 +355,26 @@ class SseReader(_Reader):
         through ``read``.
         """
         fast = self.fast
-        if fast is not None and type(chunk) is bytes and chunk.startswith(fast.head):
-            tail = fast.tail
-            if tail is None:
-                plain = fast.varies_plainly(chunk)
+        if fast is not None and type(chunk) is bytes:
+            exact = fast.exact
+            if exact is None:
+                if fast.matches(chunk):
+                    self.interpreter.events += 1
+                    return
             else:  # the common case, inlined: only the text differs from the learned event
-                text_at = fast.text_at
-                text_end = len(chunk) - len(tail)
-                plain = (
-                    text_end >= text_at
+                head, tail, text_at, tail_size = exact
+                text_end = len(chunk) - tail_size
+                if (
+                    chunk.startswith(head)
+                    and text_end >= text_at
                     and chunk.endswith(tail)
                     and (
                         _plain_text(chunk, text_at, text_end) is not None
                         or _json_text(chunk, text_at, text_end) is not None
                     )
-                )
-            if plain:
-                self.interpreter.events += 1
-                return
+                ):
+                    self.interpreter.events += 1
+                    return
         if self.error is not None:
             return
         try:
