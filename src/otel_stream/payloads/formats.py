@@ -104,6 +104,8 @@ _FINISH_REASON = b'"finish_reason"'
 _USAGE = b'"usage"'
 _NULL_VALUES = (b":null", b": null")
 _ERROR = b'"error"'
+#: The keys whose value may change a chat summary after the first token.
+CHAT_KEYS_THAT_MATTER = (_FINISH_REASON, _USAGE, _ERROR)
 _TYPE_ERROR = re.compile(rb'"type"\s*:\s*"error"')
 _DELTA_TYPE_END = b'.delta"'
 _MESSAGE_TYPE = b'"message_'
@@ -155,29 +157,24 @@ def _loads(data: bytes) -> Any:
         return None
 
 
-def _non_null(data: bytes, key: bytes, start: int) -> bool:
-    """Whether ``key`` occurs (from ``start`` on) followed by anything but ``:null``."""
+def _non_null(data: bytes, key: bytes) -> bool:
+    """Whether ``key`` occurs followed by anything but ``:null`` / ``: null``."""
     after = len(key)
-    at = data.rfind(key, start)
+    at = data.rfind(key)
     while at >= 0:
         if not data.startswith(_NULL_VALUES, at + after):
             return True
-        at = data.rfind(key, start, at)
+        at = data.rfind(key, 0, at)
     return False
 
 
-def chat_may_matter(data: bytes, start: int = 0) -> bool:
-    """Whether a chat event (from ``start`` on) read after the first token may change
-    the summary.
+def chat_may_matter(data: bytes) -> bool:
+    """Whether a chat event read after the first token may change the summary.
 
     False only when no finish reason or usage other than null and no error key is in
     it, whatever the encoder's spelling (``:`` or ``: ``, nulls written or left out).
     """
-    return (
-        _non_null(data, _FINISH_REASON, start)
-        or _non_null(data, _USAGE, start)
-        or data.rfind(_ERROR, start) >= 0
-    )
+    return _non_null(data, _FINISH_REASON) or _non_null(data, _USAGE) or data.rfind(_ERROR) >= 0
 
 
 def plain_head(data: bytes) -> tuple[int, bool]:

@@ -19,8 +19,8 @@ Choices made on purpose (read before "fixing"):
   either: it is counted without being cut or read, with two comparisons and one
   regular-expression match (inlined in ``feed``). When tails differ, only what they
   share before and after the varying part is kept; the varying part must then be the
-  inside of a string too (OpenAI's padding), or else it is scanned for a finish reason,
-  usage or error other than null and for line breaks (llama.cpp's ``timings``). For
+  inside of a string too (OpenAI's padding), or else hold no ``"finish_reason"``,
+  ``"usage"`` or ``"error"`` key at all, nor a line break (llama.cpp's ``timings``). For
   Anthropic and Responses text deltas the head runs to the end of the event's ``type``,
   which alone says the event is a text delta; the rest only has to be one line. A chunk
   that does not match goes the ordinary way, which learns its shape if it is plain. A
@@ -48,11 +48,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from otel_stream.payloads.formats import (
+    CHAT_KEYS_THAT_MATTER,
     JSON_TEXT,
     OLLAMA,
     PLAIN_TEXT,
     Interpreter,
-    chat_may_matter,
     plain_head,
 )
 from otel_stream.payloads.summary import PayloadSummary
@@ -91,16 +91,19 @@ def _shared_start(first: bytes, second: bytes) -> int:
     return low
 
 
+_FINISH_REASON_KEY, _USAGE_KEY, _ERROR_KEY = CHAT_KEYS_THAT_MATTER
 _plain_text = PLAIN_TEXT.fullmatch
+_plain_text_match = PLAIN_TEXT.match
+_json_text_match = JSON_TEXT.match
 _json_text = JSON_TEXT.fullmatch
 
 
 def _text_end(chunk: bytes, start: int) -> int:
     """Where the JSON string whose inside starts at ``start`` ends (its closing quote,
     if it has one on this line)."""
-    end = PLAIN_TEXT.match(chunk, start).end()  # type: ignore[union-attr]
+    end = _plain_text_match(chunk, start).end()  # type: ignore[union-attr]
     if end < len(chunk) and chunk[end] == _BACKSLASH:
-        end = JSON_TEXT.match(chunk, start).end()  # type: ignore[union-attr]
+        end = _json_text_match(chunk, start).end()  # type: ignore[union-attr]
     return end
 
 
@@ -151,50 +154,52 @@ class _PlainShape:
     def matches(self, chunk: bytes) -> bool:
         """Whether ``chunk`` is one event of this shape (it cannot change the summary).
 
-        ``SseReader.feed`` runs the same test with the common case inlined."""
+        ``SseReader.feed`` runs the exact-tail case inlined. One frame for every case:
+        this runs for nearly every event of a stream."""
         if not chunk.startswith(self.head):
             return False
-        tail = self.tail
-        if tail is None:
-            if not self.before:  # typed: the type decides; the rest must be this one line
-                return self.one_line(chunk, self.text_at, len(chunk))
-            return self.varies_plainly(chunk)
-        text_at = self.text_at
-        text_end = len(chunk) - len(tail)
-        return (
-            text_end >= text_at
-            and chunk.endswith(tail)
-            and (
-                _plain_text(chunk, text_at, text_end) is not None
-                or _json_text(chunk, text_at, text_end) is not None
-            )
-        )
-
-    def varies_plainly(self, chunk: bytes) -> bool:
-        """For a chat chunk that starts with the head, whether what follows it is plain,
-        when the tails seen had a varying part."""
         size = len(chunk)
-        before = self.before
-        # ``before`` starts with the text's closing quote, which the text cannot hold
-        # unescaped: its first match ends the text, unless the text is not plain.
         text_at = self.text_at
-        close = chunk.find(before, text_at)
-        hole = close + len(before)
-        hole_end = size - len(self.after)
-        if close < 0 or hole_end < hole or not chunk.endswith(self.after):
-            return False
-        if _plain_text(chunk, text_at, close) is None and _json_text(chunk, text_at, close) is None:
-            return False
-        if self.hole_is_text:
+        tail = self.tail
+        if tail is not None:  # only the text may differ from the learned event
+            text_end = size - len(tail)
             return (
-                _plain_text(chunk, hole, hole_end) is not None
-                or _json_text(chunk, hole, hole_end) is not None
+                text_end >= text_at
+                and chunk.endswith(tail)
+                and (
+                    _plain_text(chunk, text_at, text_end) is not None
+                    or _json_text(chunk, text_at, text_end) is not None
+                )
             )
-        start = hole - self.rest_back
-        return self.one_line(chunk, start, size) and not chat_may_matter(chunk, start)
-
-    def one_line(self, chunk: bytes, start: int, size: int) -> bool:
-        """Whether ``chunk`` from ``start`` on is the rest of one line and the line end."""
+        before = self.before
+        if before:  # a chat tail with a varying part (a hole)
+            # The text ends where ``before`` (it starts with the closing quote) must start.
+            close = _plain_text_match(chunk, text_at).end()  # type: ignore[union-attr]
+            if close < size and chunk[close] == _BACKSLASH:  # an escape: the slower reading
+                close = _json_text_match(chunk, text_at).end()  # type: ignore[union-attr]
+            hole = close + len(before)
+            hole_end = size - len(self.after)
+            if hole_end < hole or not chunk.startswith(before, close):
+                return False
+            if not chunk.endswith(self.after):
+                return False
+            if self.hole_is_text:
+                return (
+                    _plain_text(chunk, hole, hole_end) is not None
+                    or _json_text(chunk, hole, hole_end) is not None
+                )
+            # Not a string (llama.cpp's timings): no key that may matter, null or not,
+            # may be in it; one that is sends the chunk the ordinary way.
+            start = hole - self.rest_back
+            if (
+                chunk.rfind(_FINISH_REASON_KEY, start) >= 0
+                or chunk.rfind(_USAGE_KEY, start) >= 0
+                or chunk.rfind(_ERROR_KEY, start) >= 0
+            ):
+                return False
+        else:  # typed: the type decides; the rest must be this one line
+            start = text_at
+        # One line from ``start`` to the line end.
         if chunk.find(_LF, start) != size - self.lf_back:
             return False
         cr = chunk.find(_CR, start)
