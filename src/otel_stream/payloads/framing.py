@@ -45,6 +45,7 @@ Choices made on purpose (read before "fixing"):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from otel_stream.payloads.formats import (
@@ -124,11 +125,11 @@ class _PlainShape:
         "cr_back",
         "exact",
         "head",
-        "hole_is_text",
         "lf_back",
         "line_end",
         "rest_back",
         "tail",
+        "text_and_hole",
         "text_at",
     )
 
@@ -148,7 +149,8 @@ class _PlainShape:
         # back from the hole checks for a finish reason, usage or error must start.
         self.before = b""
         self.after = b""
-        self.hole_is_text = False
+        #: For a hole inside a string: the whole test after the head, as one ``fullmatch``.
+        self.text_and_hole: Callable[[bytes, int], re.Match[bytes] | None] | None = None
         self.rest_back = 0
 
     def matches(self, chunk: bytes) -> bool:
@@ -172,7 +174,10 @@ class _PlainShape:
                 )
             )
         before = self.before
-        if before:  # a chat tail with a varying part (a hole)
+        text_and_hole = self.text_and_hole
+        if text_and_hole is not None:  # text, shared bytes, a varying string, shared bytes
+            return text_and_hole(chunk, text_at) is not None
+        if before:  # a chat tail with a varying part (a hole) that is not a string
             # The text ends where ``before`` (it starts with the closing quote) must start.
             close = _plain_text_match(chunk, text_at).end()  # type: ignore[union-attr]
             if close < size and chunk[close] == _BACKSLASH:  # an escape: the slower reading
@@ -183,11 +188,6 @@ class _PlainShape:
                 return False
             if not chunk.endswith(self.after):
                 return False
-            if self.hole_is_text:
-                return (
-                    _plain_text(chunk, hole, hole_end) is not None
-                    or _json_text(chunk, hole, hole_end) is not None
-                )
             # Not a string (llama.cpp's timings): no key that may matter, null or not,
             # may be in it; one that is sends the chunk the ordinary way.
             start = hole - self.rest_back
@@ -226,7 +226,12 @@ class _PlainShape:
         # anything else is scanned. Whatever looks like a finish reason, usage or error
         # starts with a quoted key: scans start at the last-but-one quote before the
         # hole, so one that straddles its start is still seen.
-        self.hole_is_text = before.endswith(b'"') and after.startswith(b'"')
+        self.text_and_hole = None
+        if before.endswith(b'"') and after.startswith(b'"'):  # the hole is a string's inside
+            # One regular expression for all of it: a third of the calls of the pieces.
+            text = JSON_TEXT.pattern
+            pattern = text + re.escape(before) + text + re.escape(after)
+            self.text_and_hole = re.compile(pattern).fullmatch
         last = before.rfind(b'"')
         previous = before.rfind(b'"', 0, last) if last > 0 else -1
         self.rest_back = len(before) - previous if previous >= 0 else len(before)
