@@ -276,6 +276,18 @@ def _daphne_server_init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> 
     _guarded("instrumenting a daphne app", change)
 
 
+def _flask_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    from otel_stream.wsgi import auto  # the WSGI adapter loads with the first WSGI app
+
+    return auto.flask_call(wrapped, instance, args, kwargs)
+
+
+def _django_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    from otel_stream.wsgi import auto
+
+    return auto.django_call(wrapped, instance, args, kwargs)
+
+
 _GRANIAN = ((None, "_asgi_call_wrap", _granian_callback_wrapper),)
 
 #: module -> ((owner in the module or None for the module itself, attribute, wrapper), ...)
@@ -289,6 +301,9 @@ _TARGETS: Mapping[str, tuple[tuple[str | None, str, Callable[..., Any]], ...]] =
     "granian.server.mt": _GRANIAN,
     "granian.server.embed": _GRANIAN,
     "daphne.server": (("Server", "__init__", _daphne_server_init),),
+    # WSGI: where the frameworks are called (otel_stream.wsgi.auto says why there).
+    "flask.app": (("Flask", "__call__", _flask_call),),
+    "django.core.handlers.wsgi": (("WSGIHandler", "__call__", _django_call),),
 }
 
 

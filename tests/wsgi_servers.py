@@ -1,0 +1,280 @@
+"""Real WSGI servers on loopback for the WSGI tests.
+
+werkzeug's development server and waitress run in a thread of the test process, so a
+test reads the in-memory exporters directly. gunicorn (sync and gthread workers) runs as
+a real process in its own process group, started the way a user types it, exporting
+OTLP/HTTP to a receiver in the test; stopping it signals the whole group.
+
+Every server is reached the same way: a base URL, and the spans it produced as
+:class:`~tests.otlp_receiver.ReceivedSpan` values (in-process spans are converted), so
+one test body runs on each server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from tests.auto_support import BIN, ServerProcess, environment
+from tests.otlp_receiver import OTLPReceiver, ReceivedPoint, ReceivedSpan
+from tests.servers import free_port, wait_until
+from tests.telemetry_harness import Telemetry
+
+IN_PROCESS = ("werkzeug", "waitress")
+PROCESSES = ("gunicorn-sync", "gunicorn-gthread")
+SERVERS = IN_PROCESS + PROCESSES
+#: The repository root: gunicorn imports ``tests.wsgi_served`` from there.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# In-process servers ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve(app: Any, server: str = "werkzeug") -> Iterator[str]:
+    """Serve the WSGI ``app`` in a thread on a free loopback port; yields its base URL."""
+    if server == "werkzeug":
+        yield from _werkzeug(app)
+    elif server == "waitress":
+        yield from _waitress(app)
+    else:
+        raise ValueError(server)
+
+
+def _werkzeug(app: Any) -> Iterator[str]:
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _waitress(app: Any) -> Iterator[str]:
+    from waitress import create_server
+
+    server: Any = create_server(app, host="127.0.0.1", port=0, threads=8, asyncore_loop_timeout=1)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    port = server.effective_port
+    _wait_listening(port, thread.is_alive)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.task_dispatcher.shutdown(timeout=5)
+
+        def close_all() -> None:  # runs in the server's loop thread
+            for dispatcher in list(server._map.values()):
+                dispatcher.close()
+
+        server.trigger.pull_trigger(close_all)
+        thread.join(10)
+
+
+def _wait_listening(port: int, alive: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        if not alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on {port}")
+        time.sleep(0.005)
+
+
+# Spans, whatever server produced them --------------------------------------------------
+
+
+def received(span: ReadableSpan) -> ReceivedSpan:
+    """An SDK span as the OTLP receiver would have decoded it."""
+    context = span.get_span_context()
+    parent = span.parent
+    assert context is not None
+    return ReceivedSpan(
+        name=span.name,
+        kind=span.kind.name,
+        trace_id=f"{context.trace_id:032x}",
+        span_id=f"{context.span_id:016x}",
+        parent_span_id=f"{parent.span_id:016x}" if parent is not None else "",
+        attributes=dict(span.attributes or {}),
+        resource=dict(span.resource.attributes),
+        scope=span.instrumentation_scope.name if span.instrumentation_scope else "",
+        status=span.status.status_code.name,
+        start_ns=span.start_time or 0,
+        end_ns=span.end_time or 0,
+    )
+
+
+@dataclass
+class Served:
+    """One running server: its URL and the telemetry its app produced."""
+
+    name: str
+    url: str
+    telemetry: Telemetry | None = None
+    receiver: OTLPReceiver | None = None
+    service: str = ""
+    process: ServerProcess | None = None
+
+    def spans(self, scope: str | None = "otel_stream") -> list[ReceivedSpan]:
+        if self.telemetry is not None:
+            spans = [received(span) for span in self.telemetry.spans()]
+        else:
+            assert self.receiver is not None
+            spans = [
+                span
+                for span in self.receiver.spans()
+                if span.resource.get("service.name") == self.service
+            ]
+        return [span for span in spans if scope is None or span.scope == scope]
+
+    def wait_spans(self, count: int, timeout: float = 10.0, scope: str | None = "otel_stream") -> list[ReceivedSpan]:
+        """The spans once at least ``count`` have arrived (or whatever came by ``timeout``)."""
+        wait_until(lambda: len(self.spans(scope)) >= count, timeout)
+        return self.spans(scope)
+
+    def span(self, name: str, timeout: float = 10.0) -> ReceivedSpan:
+        wait_until(lambda: any(span.name == name for span in self.spans()), timeout)
+        matches = [span for span in self.spans() if span.name == name]
+        assert len(matches) == 1, f"{len(matches)} spans named {name!r}: {self.names()}"
+        return matches[0]
+
+    def names(self) -> list[str]:
+        return sorted(span.name for span in self.spans())
+
+    def points(self, metric: str) -> list[ReceivedPoint]:
+        """Metric points (in-process: read now; gunicorn: what the receiver has)."""
+        if self.telemetry is not None:
+            found = []
+            for point in self.telemetry.points(metric):
+                found.append(
+                    ReceivedPoint(
+                        metric=metric,
+                        attributes=dict(point.attributes),
+                        resource={},
+                        scope="otel_stream",
+                        value=getattr(point, "value", None),
+                        count=getattr(point, "count", None),
+                        total=getattr(point, "sum", None),
+                        bounds=tuple(getattr(point, "explicit_bounds", ()) or ()),
+                    )
+                )
+            return found
+        assert self.receiver is not None
+        return [
+            point
+            for point in self.receiver.points(metric)
+            if point.resource.get("service.name") == self.service
+        ]
+
+
+# gunicorn -------------------------------------------------------------------------------
+
+
+def gunicorn_command(target: str, port: int, worker: str, *extra: str) -> list[str]:
+    """``gunicorn`` serving ``target`` with one ``worker`` ("sync" or "gthread") process."""
+    argv = [str(BIN / "gunicorn"), "-k", worker, "-w", "1", "-b", f"127.0.0.1:{port}"]
+    if worker == "gthread":
+        argv += ["--threads", "8"]
+    return [*argv, "--graceful-timeout", "10", *extra, target]
+
+
+def gunicorn_process(
+    worker: str,
+    receiver: OTLPReceiver,
+    service: str,
+    target: str = "tests.wsgi_served:app",
+    *extra: str,
+    directory: Path = ROOT,
+    **variables: str,
+) -> ServerProcess:
+    """A gunicorn process (not started) whose app exports to ``receiver``."""
+    env = environment(receiver, service, **variables)
+    env["PYTHONPATH"] = os.pathsep.join([str(directory), env["PYTHONPATH"]])
+    port = free_port()
+    argv = gunicorn_command(target, port, worker, *extra)
+    return ServerProcess(argv, env, directory, port, name=f"{service}-{worker}")
+
+
+@contextlib.contextmanager
+def served(
+    server: str,
+    app_name: str,
+    telemetry: Telemetry,
+    receiver: OTLPReceiver,
+    service: str,
+    **options: str,
+) -> Iterator[Served]:
+    """The test app ``app_name`` of ``tests.wsgi_served``, with otel-stream, on ``server``.
+
+    In-process servers record into ``telemetry``; gunicorn exports to ``receiver``.
+    ``options`` are environment variables of the served module (``WSGI_TEST_*``).
+    """
+    if server in IN_PROCESS:
+        from tests import wsgi_served
+
+        app = wsgi_served.build(app_name, telemetry.tracer_provider, telemetry.meter_provider, **options)
+        with serve(app, server) as url:
+            yield Served(server, url, telemetry=telemetry)
+        return
+    worker = server.split("-", 1)[1]
+    variables = {"WSGI_TEST_APP": app_name, **{f"WSGI_TEST_{k.upper()}": v for k, v in options.items()}}
+    process = gunicorn_process(worker, receiver, service, **variables)
+    try:
+        process.start()
+        process.wait_ready()
+        yield Served(server, process.url, receiver=receiver, service=service, process=process)
+    except BaseException:
+        print(f"--- {' '.join(process.argv)}: stderr ---\n{process.stderr()[-4000:]}")
+        raise
+    finally:
+        process.stop()
+
+
+def sse_stream(url: str, *, timeout: float = 10.0, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[float]]:
+    """GET ``url`` with httpx streaming: (status, body, arrival time of each chunk)."""
+    import httpx
+
+    arrivals: list[float] = []
+    body = b""
+    with httpx.Client(timeout=timeout) as client, client.stream("GET", url, headers=headers) as response:
+        for chunk in response.iter_raw():
+            arrivals.append(time.monotonic())
+            body += chunk
+        return response.status_code, body, arrivals
+
+
+def by_name(spans: Sequence[ReceivedSpan]) -> dict[str, ReceivedSpan]:
+    return {span.name: span for span in spans}
+
+
+def open_raw(url: str, target: str, headers: dict[str, str] | None = None) -> socket.socket:
+    """A raw socket that sent ``GET target`` (path and query) to the server at ``url``."""
+    host, port = url.rsplit("//", 1)[1].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host}:{port}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return sock
+
+
+def reset(sock: socket.socket) -> None:
+    """Close abortively: the peer gets an RST, not a FIN."""
+    import struct
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
