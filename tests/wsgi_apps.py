@@ -38,20 +38,23 @@ def number(values: dict[str, str], name: str, default: float) -> float:
 
 
 def sse_events(values: dict[str, str], tag: str = "") -> Iterator[bytes]:
-    """``count`` SSE data events, ``first`` s before the first and ``pace`` s between."""
+    """``count`` SSE data events: ``comments`` pings at once, ``first`` s before the
+    first event and ``pace`` s between events; ``fail``: raise at that event; ``size``:
+    each event's data padded to that many bytes."""
     count = int(number(values, "count", 3))
     pace = number(values, "pace", 0.0)
     fail = values.get("fail")
-    comments = int(number(values, "comments", 0))
-    time.sleep(number(values, "first", 0.0))
-    for _ in range(comments):
+    size = int(number(values, "size", 0))
+    for _ in range(int(number(values, "comments", 0))):
         yield b": ping\n\n"
+    time.sleep(number(values, "first", 0.0))
     for index in range(count):
         if fail is not None and index == int(fail):
             raise ValueError("model failed mid-stream")
         if index and pace:
             time.sleep(pace)
-        yield f"data: {tag}{index}\n\n".encode()
+        data = f"{tag}{index}"
+        yield f"data: {data.ljust(size, '.')}\n\n".encode()
 
 
 def openai_events(values: dict[str, str]) -> Iterator[bytes]:
@@ -72,7 +75,9 @@ def openai_events(values: dict[str, str]) -> Iterator[bytes]:
         }
         return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
-    yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    yield event(
+        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+    )
     for index in range(count):
         if pace:
             time.sleep(pace)
@@ -111,13 +116,18 @@ def plain_wsgi_app(environ: Environ, start_response: StartResponse) -> Iterable[
     sse = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
     if path == "/plain":
         body = b"plain answer"
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        )
         return Closing([body], test_id) if test_id else [body]
     if path == "/boom":
         raise RuntimeError("failed before the response")
     if path == "/file":
         body = b"f" * 20_000
-        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(body)))])
+        start_response(
+            "200 OK",
+            [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(body)))],
+        )
         return environ["wsgi.file_wrapper"](io.BytesIO(body), 8192)  # type: ignore[no-any-return]
     if path == "/write":
         write = start_response("200 OK", [("Content-Type", "text/plain")])
@@ -128,7 +138,9 @@ def plain_wsgi_app(environ: Environ, start_response: StartResponse) -> Iterable[
         return Closing(openai_events(values), test_id)
     if path == "/ndjson":
         start_response("200 OK", [("Content-Type", "application/x-ndjson")])
-        lines = (json.dumps({"line": i}).encode() + b"\n" for i in range(int(number(values, "count", 3))))
+        lines = (
+            json.dumps({"line": i}).encode() + b"\n" for i in range(int(number(values, "count", 3)))
+        )
         return Closing(lines, test_id)
     if path == "/empty":
         start_response("204 No Content", [])
@@ -145,7 +157,8 @@ def plain_wsgi_app(environ: Environ, start_response: StartResponse) -> Iterable[
 
 def flask_app(tracer_provider: TracerProvider | None = None) -> Any:
     """``/chat/<room>``, ``/ctx/<room>`` (stream_with_context), ``/v1/chat/completions``,
-    ``/plain``, ``/fail/<room>``, ``/spans/<room>`` (the app makes a span per chunk)."""
+    ``/plain``, ``/fail/<room>``, ``/spans/<room>`` (the app makes a span per chunk),
+    ``/loop/<room>`` (one span around the whole body, a child span per token)."""
     from flask import Flask, Response, request, stream_with_context
 
     app = Flask("wsgi_test_app")
@@ -153,7 +166,9 @@ def flask_app(tracer_provider: TracerProvider | None = None) -> Any:
 
     @app.get("/chat/<room>")
     def chat(room: str) -> Response:
-        return Response(sse_events(query(request.environ), f"{room}-"), mimetype="text/event-stream")
+        return Response(
+            sse_events(query(request.environ), f"{room}-"), mimetype="text/event-stream"
+        )
 
     @app.get("/ctx/<room>")
     def with_context(room: str) -> Response:
@@ -188,6 +203,17 @@ def flask_app(tracer_provider: TracerProvider | None = None) -> Any:
         def generate() -> Iterator[bytes]:
             for index in range(3):
                 with tracer.start_as_current_span(f"token {index}"):
+                    yield f"data: {index}\n\n".encode()
+
+        return Response(generate(), mimetype="text/event-stream")
+
+    @app.get("/loop/<room>")
+    def loop(room: str) -> Response:
+        def generate() -> Iterator[bytes]:
+            with tracer.start_as_current_span("generate"):
+                for index in range(3):
+                    with tracer.start_as_current_span(f"token {index}"):
+                        pass
                     yield f"data: {index}\n\n".encode()
 
         return Response(generate(), mimetype="text/event-stream")

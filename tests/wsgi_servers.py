@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,9 @@ class Served:
             ]
         return [span for span in spans if scope is None or span.scope == scope]
 
-    def wait_spans(self, count: int, timeout: float = 10.0, scope: str | None = "otel_stream") -> list[ReceivedSpan]:
+    def wait_spans(
+        self, count: int, timeout: float = 10.0, scope: str | None = "otel_stream"
+    ) -> list[ReceivedSpan]:
         """The spans once at least ``count`` have arrived (or whatever came by ``timeout``)."""
         wait_until(lambda: len(self.spans(scope)) >= count, timeout)
         return self.spans(scope)
@@ -155,6 +157,18 @@ class Served:
 
     def names(self) -> list[str]:
         return sorted(span.name for span in self.spans())
+
+    def exchange(self, test_id: str, timeout: float = 10.0) -> Exchange:
+        """The spans of the request sent with ``X-Test-Id: test_id``, once they ended."""
+        found: list[Exchange | None] = [None]
+
+        def ready() -> bool:
+            found[0] = exchange_in(self.spans(), test_id)
+            return found[0] is not None
+
+        wait_until(ready, timeout)
+        assert found[0] is not None, f"no spans for {test_id}: {self.names()}"
+        return found[0]
 
     def points(self, metric: str) -> list[ReceivedPoint]:
         """Metric points (in-process: read now; gunicorn: what the receiver has)."""
@@ -210,30 +224,100 @@ def gunicorn_process(
     return ServerProcess(argv, env, directory, port, name=f"{service}-{worker}")
 
 
+#: Every test request carries this header; the spans of a request are found by it.
+TEST_ID_HEADER = "X-Test-Id"
+TEST_ID_ATTRIBUTE = "http.request.header.x_test_id"
+CAPTURE = {"OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": "x-test-id"}
+
+
+def test_id_of(span: ReceivedSpan) -> str | None:
+    value = span.attributes.get(TEST_ID_ATTRIBUTE)
+    if isinstance(value, (list, tuple)) and value:
+        return str(value[0])
+    return None
+
+
+@dataclass
+class Exchange:
+    """The spans of one request: its request span, and its stream span if it streamed."""
+
+    request: ReceivedSpan
+    stream: ReceivedSpan | None
+
+    @property
+    def ended(self) -> ReceivedSpan:
+        """The span that holds the termination reason."""
+        return self.stream if self.stream is not None else self.request
+
+    @property
+    def reason(self) -> Any:
+        return self.ended.attributes.get("http.stream.termination_reason")
+
+
+def exchange_in(spans: Sequence[ReceivedSpan], test_id: str) -> Exchange | None:
+    requests = [span for span in spans if test_id_of(span) == test_id]
+    if len(requests) != 1:
+        return None
+    (request,) = requests
+    streams = [
+        span
+        for span in spans
+        if span.parent_span_id == request.span_id and span.name.endswith(" stream")
+    ]
+    if streams:
+        return Exchange(request, streams[0])
+    if "http.stream.termination_reason" in request.attributes:
+        return Exchange(request, None)
+    return None
+
+
 @contextlib.contextmanager
-def served(
+def running_app(
     server: str,
     app_name: str,
-    telemetry: Telemetry,
     receiver: OTLPReceiver,
-    service: str,
-    **options: str,
+    *,
+    wrap: str = "middleware",
+    **variables: str,
 ) -> Iterator[Served]:
-    """The test app ``app_name`` of ``tests.wsgi_served``, with otel-stream, on ``server``.
-
-    In-process servers record into ``telemetry``; gunicorn exports to ``receiver``.
-    ``options`` are environment variables of the served module (``WSGI_TEST_*``).
-    """
+    """The test app ``app_name`` of ``tests.wsgi_served`` on ``server``, with otel-stream
+    (``wrap="none"``: bare). In-process servers record into a fresh in-memory
+    :class:`Telemetry`; gunicorn exports to ``receiver``. Request spans carry the
+    ``X-Test-Id`` header."""
+    service = f"wsgi-{app_name}-{server}-{wrap}-{free_port()}"
     if server in IN_PROCESS:
         from tests import wsgi_served
 
-        app = wsgi_served.build(app_name, telemetry.tracer_provider, telemetry.meter_provider, **options)
-        with serve(app, server) as url:
-            yield Served(server, url, telemetry=telemetry)
+        telemetry = Telemetry()
+        saved = {name: os.environ.get(name) for name in {**CAPTURE, **variables}}
+        os.environ.update({**CAPTURE, **variables})  # read when the middleware is built
+        try:
+            app = wsgi_served.build(
+                app_name, telemetry.tracer_provider, telemetry.meter_provider, wrap=wrap
+            )
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        try:
+            with serve(app, server) as url:
+                yield Served(server, url, telemetry=telemetry)
+        finally:
+            telemetry.shutdown()
         return
     worker = server.split("-", 1)[1]
-    variables = {"WSGI_TEST_APP": app_name, **{f"WSGI_TEST_{k.upper()}": v for k, v in options.items()}}
-    process = gunicorn_process(worker, receiver, service, **variables)
+    process = gunicorn_process(
+        worker,
+        receiver,
+        service,
+        WSGI_TEST_APP=app_name,
+        WSGI_TEST_WRAP=wrap,
+        OTEL_METRIC_EXPORT_INTERVAL="500",
+        **CAPTURE,
+        **variables,
+    )
     try:
         process.start()
         process.wait_ready()
@@ -245,27 +329,48 @@ def served(
         process.stop()
 
 
-def sse_stream(url: str, *, timeout: float = 10.0, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[float]]:
-    """GET ``url`` with httpx streaming: (status, body, arrival time of each chunk)."""
+@dataclass
+class Fetched:
+    """What a streaming client received."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    sent_at: float  # time.monotonic() when the request was sent
+    arrivals: list[float]  # time.monotonic() of each chunk
+
+
+def fetch(url: str, target: str, test_id: str, *, timeout: float = 10.0) -> Fetched:
+    """GET ``url + target`` with httpx streaming, as ``X-Test-Id: test_id``."""
     import httpx
 
     arrivals: list[float] = []
     body = b""
-    with httpx.Client(timeout=timeout) as client, client.stream("GET", url, headers=headers) as response:
-        for chunk in response.iter_raw():
-            arrivals.append(time.monotonic())
-            body += chunk
-        return response.status_code, body, arrivals
+    headers = {TEST_ID_HEADER: test_id}
+    with httpx.Client(timeout=timeout) as client:
+        sent_at = time.monotonic()
+        with client.stream("GET", url + target, headers=headers) as response:
+            for chunk in response.iter_raw():
+                arrivals.append(time.monotonic())
+                body += chunk
+            return Fetched(response.status_code, dict(response.headers), body, sent_at, arrivals)
 
 
 def by_name(spans: Sequence[ReceivedSpan]) -> dict[str, ReceivedSpan]:
     return {span.name: span for span in spans}
 
 
-def open_raw(url: str, target: str, headers: dict[str, str] | None = None) -> socket.socket:
-    """A raw socket that sent ``GET target`` (path and query) to the server at ``url``."""
+def open_raw(
+    url: str, target: str, headers: dict[str, str] | None = None, *, receive_buffer: int = 0
+) -> socket.socket:
+    """A raw socket that sent ``GET target`` (path and query) to the server at ``url``
+    (``receive_buffer``: its SO_RCVBUF, set before connecting)."""
     host, port = url.rsplit("//", 1)[1].split(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect((host, int(port)))
     lines = [f"GET {target} HTTP/1.1", f"Host: {host}:{port}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -278,3 +383,27 @@ def reset(sock: socket.socket) -> None:
 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
+
+
+def read_all(url: str, target: str, test_id: str, timeout: float = 10.0) -> bytes:
+    """The raw bytes of a ``Connection: close`` response, read until the server closes."""
+    sock = open_raw(url, target, {TEST_ID_HEADER: test_id, "Connection": "close"})
+    sock.settimeout(timeout)
+    received = b""
+    with sock:
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            received += data
+    return received
+
+
+def without_date(response: bytes) -> bytes:
+    """A raw response without its ``Date`` header (the one line that may differ)."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"date:")]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body

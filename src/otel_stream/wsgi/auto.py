@@ -60,7 +60,8 @@ def _hand_added(app: Any) -> bool:
     """Whether a ``StreamingWSGIMiddleware`` was put into ``app`` by hand."""
     wsgi_app = getattr(app, "wsgi_app", None)
     return any(
-        isinstance(node, StreamingWSGIMiddleware) and not isinstance(node, AutoStreamingWSGIMiddleware)
+        isinstance(node, StreamingWSGIMiddleware)
+        and not isinstance(node, AutoStreamingWSGIMiddleware)
         for node in instrumentor._chain(wsgi_app)
     )
 

@@ -1,4 +1,4 @@
-"""The WSGI middleware: the same split, reasons and metrics as on ASGI, for Flask, Django, any WSGI app.
+"""The WSGI middleware: the split, reasons and metrics of ASGI, for Flask, Django, any WSGI app.
 
 The adapter between WSGI and the transport-agnostic core: it wraps ``start_response``
 and the response iterable, forwards every chunk, and tells the
@@ -53,18 +53,17 @@ from typing import Any
 from opentelemetry import context, propagate
 from opentelemetry.context import Context
 from opentelemetry.instrumentation._semconv import _StabilityMode
-from opentelemetry.instrumentation.wsgi import (
-    collect_custom_request_headers_attributes,
-    collect_custom_response_headers_attributes,
-    collect_request_attributes,
-    wsgi_getter,
-)
+from opentelemetry.instrumentation.wsgi import collect_request_attributes, wsgi_getter
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, TracerProvider
 from opentelemetry.util.http import (
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
     OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
     OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE,
+    SanitizeValue,
     get_custom_headers,
+    normalise_request_header_name,
+    normalise_response_header_name,
     sanitize_method,
 )
 
@@ -142,11 +141,14 @@ class StreamingWSGIMiddleware:
         self.meter_provider = meter_provider
         self._active = self.settings.enabled
         # Headers reach spans only when allowlisted by the standard OTel variables.
-        self.request_headers = bool(
-            get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST)
+        self.request_headers = get_custom_headers(
+            OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST
         )
-        self.response_headers = bool(
-            get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE)
+        self.response_headers = get_custom_headers(
+            OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE
+        )
+        self.sanitize_headers = SanitizeValue(
+            get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS)
         )
         self.recorder: Recorder | None = None
         try:
@@ -203,7 +205,16 @@ def _request_attributes(
     if isinstance(server_address, str) and server_address.count(":") == 1:
         attributes[a.SERVER_ADDRESS] = server_address.rsplit(":", 1)[0]
     if middleware.request_headers:
-        attributes.update(collect_custom_request_headers_attributes(environ))  # type: ignore[no-untyped-call]
+        headers = {
+            key[5:].replace("_", "-"): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
+        attributes.update(
+            middleware.sanitize_headers.sanitize_header_values(
+                headers, middleware.request_headers, normalise_request_header_name
+            )
+        )
     return method, attributes, metric_attributes
 
 
@@ -404,7 +415,9 @@ class _WSGIExchange:
 
     # What the items mean (after they were sent) --------------------------------------
 
-    def response_started(self, status: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    def response_started(
+        self, status: str, headers: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
         if self.state.phase is not _WAITING:
             return headers
         code = int(status.split(" ", 1)[0])
@@ -431,8 +444,15 @@ class _WSGIExchange:
         record = self.record
         record.found_route(route_of(self.environ))
         span_headers = None
-        if self.middleware.response_headers:
-            span_headers = collect_custom_response_headers_attributes(headers)  # type: ignore[no-untyped-call]
+        middleware = self.middleware
+        if middleware.response_headers:
+            joined: dict[str, str] = {}
+            for name, value in headers:
+                lowered = name.lower()
+                joined[lowered] = f"{joined[lowered]},{value}" if lowered in joined else value
+            span_headers = middleware.sanitize_headers.sanitize_header_values(
+                joined, middleware.response_headers, normalise_response_header_name
+            )
         record.response_started(code, span_headers)
         if (
             settings.accel_buffering_header

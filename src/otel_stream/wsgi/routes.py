@@ -58,9 +58,10 @@ def install_django_route_hook() -> bool:
     current = vars(handler).get("resolve_request") if handler is not None else None
     if current is None:
         return False
-    if isinstance(current, wrapt.FunctionWrapper) and getattr(
-        current, "_self_wrapper", None
-    ) is _record_django_route:
+    if (
+        isinstance(current, wrapt.FunctionWrapper)
+        and getattr(current, "_self_wrapper", None) is _record_django_route
+    ):
         return True
     wrapt.wrap_function_wrapper(handler, "resolve_request", _record_django_route)
     return True
