@@ -46,9 +46,7 @@ def apps(receiver: OTLPReceiver) -> Iterator[Apps]:
         def get(server: str, app_name: str, wrap: str = "middleware") -> Served:
             key = (server, app_name, wrap)
             if key not in cache:
-                cache[key] = stack.enter_context(
-                    running_app(server, app_name, receiver, wrap=wrap)
-                )
+                cache[key] = stack.enter_context(running_app(server, app_name, receiver, wrap=wrap))
             return cache[key]
 
         yield get
@@ -58,7 +56,11 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-ROUTES = {"plain": ("/sse", None), "flask": ("/chat/r1", "/chat/<room>"), "django": ("/chat/r1", "chat/<str:room>")}
+ROUTES = {
+    "plain": ("/sse", None),
+    "flask": ("/chat/r1", "/chat/<room>"),
+    "django": ("/chat/r1", "chat/<str:room>"),
+}
 
 
 # The split ---------------------------------------------------------------------------------
@@ -212,9 +214,7 @@ def test_flask_stream_with_context_keeps_the_request_while_the_body_streams(
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_the_openai_client_reads_a_flask_chat_completions_stream(
-    apps: Apps, server: str
-) -> None:
+def test_the_openai_client_reads_a_flask_chat_completions_stream(apps: Apps, server: str) -> None:
     served = apps(server, "flask")
     test_id = new_id()
     client = openai.OpenAI(
@@ -240,9 +240,10 @@ def test_the_openai_client_reads_a_flask_chat_completions_stream(
     assert list(attributes["gen_ai.response.finish_reasons"]) == ["stop"]
     assert attributes["gen_ai.usage.output_tokens"] == 4
     assert attributes["gen_ai.usage.input_tokens"] == 5
-    assert attributes["http.stream.time_to_first_token"] >= attributes[
-        "http.stream.time_to_first_byte"
-    ]
+    assert (
+        attributes["http.stream.time_to_first_token"]
+        >= attributes["http.stream.time_to_first_byte"]
+    )
 
 
 @pytest.mark.parametrize("server", ["werkzeug", "gunicorn-sync", "gunicorn-gthread"])
