@@ -151,7 +151,8 @@ def test_the_app_raising_before_its_iterable_is_an_app_error(apps: Apps, server:
     served = apps(server, "plain")
     test_id = new_id()
     received = read_all(served.url, "/boom", test_id)
-    assert received.startswith(b"HTTP/1.") and b" 500 " in received.split(b"\r\n", 1)[0]
+    assert received.startswith(b"HTTP/1.")
+    assert b" 500 " in received.split(b"\r\n", 1)[0]
     exchange = served.exchange(test_id)
     assert exchange.stream is None
     assert exchange.reason == "app_error"
