@@ -269,13 +269,16 @@ def __getattr__(name: str) -> Any:
 
 
 def configure_django() -> None:
-    """Configure Django for this process once (the settings above)."""
+    """Configure Django for this process once: the settings above, from
+    ``DJANGO_SETTINGS_MODULE`` (``tests.wsgi_django_settings``) when it is set."""
+    import os
+
     import django
     from django.conf import settings
 
-    if not settings.configured:
+    if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
         settings.configure(**DJANGO_SETTINGS)
-        django.setup()
+    django.setup()
 
 
 def django_app() -> Any:

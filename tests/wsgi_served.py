@@ -2,7 +2,8 @@
 
 In the test process, :func:`build` wraps an app with the test's in-memory providers. A
 gunicorn process imports ``tests.wsgi_served:app``: the app named by ``WSGI_TEST_APP``
-(``plain``, ``flask`` or ``django``; ``WSGI_TEST_WRAP=none`` serves it bare), with SDK
+(``plain``, ``flask`` or ``django``; ``WSGI_TEST_WRAP=none`` serves it bare, ``auto``
+bare and without any OpenTelemetry set-up, for auto-instrumentation), with SDK
 providers exporting OTLP/HTTP to the endpoint in the ``OTEL_EXPORTER_OTLP_*`` variables:
 spans one by one as they end (so a test sees them at once), metrics every
 ``OTEL_METRIC_EXPORT_INTERVAL`` ms and at shutdown.
@@ -40,6 +41,10 @@ def build(name: str, tracer_provider: Any, meter_provider: Any, **options: Any) 
 
 
 def _served() -> Any:
+    name = os.environ.get("WSGI_TEST_APP", "plain")
+    wrap = os.environ.get("WSGI_TEST_WRAP", "middleware")
+    if wrap == "auto":  # no OpenTelemetry here: instrumented by the command or variable
+        return bare(name)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.metrics import MeterProvider
@@ -54,12 +59,7 @@ def _served() -> Any:
     meter_provider = MeterProvider(
         resource=resource, metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())]
     )
-    return build(
-        os.environ.get("WSGI_TEST_APP", "plain"),
-        tracer_provider,
-        meter_provider,
-        wrap=os.environ.get("WSGI_TEST_WRAP", "middleware"),
-    )
+    return build(name, tracer_provider, meter_provider, wrap=wrap)
 
 
 _app: Any = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -201,9 +202,13 @@ class Served:
 
 def gunicorn_command(target: str, port: int, worker: str, *extra: str) -> list[str]:
     """``gunicorn`` serving ``target`` with one ``worker`` ("sync" or "gthread") process."""
+    from gunicorn.config import KNOWN_SETTINGS
+
     argv = [str(BIN / "gunicorn"), "-k", worker, "-w", "1", "-b", f"127.0.0.1:{port}"]
     if worker == "gthread":
         argv += ["--threads", "8"]
+    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
+        argv.append("--no-control-socket")  # a socket in the home directory otherwise
     return [*argv, "--graceful-timeout", "10", *extra, target]
 
 
@@ -216,12 +221,24 @@ def gunicorn_process(
     directory: Path = ROOT,
     **variables: str,
 ) -> ServerProcess:
-    """A gunicorn process (not started) whose app exports to ``receiver``."""
+    """A gunicorn process (not started) whose app exports to ``receiver``; its output goes
+    to files in a temporary directory."""
     env = environment(receiver, service, **variables)
     env["PYTHONPATH"] = os.pathsep.join([str(directory), env["PYTHONPATH"]])
+    env.setdefault("DJANGO_SETTINGS_MODULE", "tests.wsgi_django_settings")
     port = free_port()
     argv = gunicorn_command(target, port, worker, *extra)
-    return ServerProcess(argv, env, directory, port, name=f"{service}-{worker}")
+    return ServerProcess(argv, env, _logs(), port, name=f"{service}-{worker}")
+
+
+_LOGS: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def _logs() -> Path:
+    """One directory for the server processes' output, removed when the tests end."""
+    if not _LOGS:
+        _LOGS.append(tempfile.TemporaryDirectory(prefix="otel-stream-wsgi-"))
+    return Path(_LOGS[0].name)
 
 
 #: Every test request carries this header; the spans of a request are found by it.
