@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import contextvars
 import sys
-from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, MutableMapping, Sequence
 from time import perf_counter, time_ns
 from typing import Any
 
@@ -185,9 +185,7 @@ def _request_attributes(
     middleware: StreamingWSGIMiddleware, environ: Environ
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The sanitized method, the request span's attributes and the metrics' attributes."""
-    attributes: dict[str, Any] = collect_request_attributes(  # type: ignore[no-untyped-call]
-        environ, _StabilityMode.HTTP
-    )
+    attributes: dict[str, Any] = collect_request_attributes(environ, _StabilityMode.HTTP)
     raw_method = environ.get("REQUEST_METHOD")
     method = attributes.get(a.HTTP_REQUEST_METHOD)  # sanitized by the helper above
     if not method or not isinstance(raw_method, str) or raw_method != raw_method.strip():
@@ -229,7 +227,7 @@ def _extract(environ: Environ) -> Context | None:
     keys = _propagator_keys[1]
     if keys and not any(key in environ for key in keys):
         return None
-    return propagate.extract(environ, getter=wsgi_getter)
+    return propagate.extract(environ, getter=wsgi_getter)  # type: ignore[misc]
 
 
 _propagator_keys: tuple[object, frozenset[str]] = (None, frozenset())
@@ -338,7 +336,7 @@ class _WSGIExchange:
             raise
         self.sent(data, at, perf_counter())
 
-    def iterate(self, iterable: Iterable[bytes]) -> Iterator[bytes]:
+    def iterate(self, iterable: Iterable[bytes]) -> Generator[bytes, None, None]:
         """The items of the app's iterable, forwarded one by one (the server's for loop)."""
         run = self.context.run
         state = self.state
@@ -575,7 +573,7 @@ class _Body:
     def __init__(self, exchange: _WSGIExchange, iterable: Iterable[bytes]) -> None:
         self.exchange = exchange
         self.iterable = iterable
-        self.items: Iterator[bytes] | None = None
+        self.items: Generator[bytes, None, None] | None = None
         self.closed = False
 
     def __iter__(self) -> Iterator[bytes]:
