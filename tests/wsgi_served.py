@@ -5,8 +5,8 @@ gunicorn process imports ``tests.wsgi_served:app``: the app named by ``WSGI_TEST
 (``plain``, ``flask`` or ``django``; ``WSGI_TEST_WRAP=none`` serves it bare, ``auto``
 bare and without any OpenTelemetry set-up, for auto-instrumentation), with SDK
 providers exporting OTLP/HTTP to the endpoint in the ``OTEL_EXPORTER_OTLP_*`` variables:
-spans one by one as they end (so a test sees them at once), metrics every
-``OTEL_METRIC_EXPORT_INTERVAL`` ms and at shutdown.
+spans one by one as they end (so a test sees them at once; ``WSGI_TEST_BATCH=1``: through
+a ``BatchSpanProcessor``), metrics every ``OTEL_METRIC_EXPORT_INTERVAL`` ms and at shutdown.
 """
 
 from __future__ import annotations
@@ -51,11 +51,13 @@ def _served() -> Any:
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
     resource = Resource.create()
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter()))
+    batch = os.environ.get("WSGI_TEST_BATCH") == "1"
+    processor = BatchSpanProcessor if batch else SimpleSpanProcessor
+    tracer_provider.add_span_processor(processor(OTLPSpanExporter()))
     meter_provider = MeterProvider(
         resource=resource, metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())]
     )
