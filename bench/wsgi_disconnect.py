@@ -191,7 +191,8 @@ def one_trial(
             for line in report.read_text().splitlines():
                 entry = json.loads(line)
                 if entry["id"] == trial_id:
-                    writes = int(entry["chunks"]) - seen
+                    # the failed write is not counted in the chunks
+                    writes = int(entry["chunks"] or 0) + 1 - seen
                     return (entry["end_ns"] - closed_ns) / 1e6, writes, entry["reason"]
         time.sleep(0.002)
     raise RuntimeError(f"no stream span for {trial_id}")

@@ -183,6 +183,28 @@ def test_a_client_that_closes_mid_stream_is_a_client_disconnect(
     assert stream.end_ns > closed_ns  # ended when the server found out, not at the 500th
 
 
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_client_gone_before_the_first_byte_leaves_the_exchange_waiting(
+    apps: Apps, server: str
+) -> None:
+    """The first write fails, so the first byte never arrived: no stream span. (waitress
+    buffers writes and learns of the reset at a later one: for it the first byte went out.)"""
+    from tests.wsgi_servers import reset
+
+    served = apps(server, "plain")
+    test_id = new_id()
+    sock = open_raw(served.url, "/sse?count=50&first=0.5&pace=0.02", {TEST_ID_HEADER: test_id})
+    time.sleep(0.15)
+    reset(sock)
+    exchange = served.exchange(test_id)
+    assert exchange.reason == "client_disconnect"
+    if server == "waitress":
+        assert exchange.stream is not None
+    else:
+        assert exchange.stream is None
+        assert "http.stream.time_to_first_byte" not in exchange.request.attributes
+
+
 # Bytes, headers and the frameworks' own streaming helpers ---------------------------------
 
 TARGETS = ["/sse?count=5", "/openai?count=4", "/plain", "/ndjson?count=3", "/empty", "/write"]

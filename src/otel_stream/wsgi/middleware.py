@@ -20,9 +20,11 @@ Choices made on purpose (read before "fixing"):
 * **How it ends.** The iterable exhausted: ``completed`` (``incomplete`` when an LLM
   format's end marker is missing). The app raising: ``app_error``. The server calling
   ``close()`` before the end (it does when writing to a vanished client fails):
-  ``client_disconnect``, unless a ``Content-Length`` was reached. A WSGI server learns
-  that its client left only when a write fails, so the stream span ends at the first
-  failed write after the client left (docs/wsgi.md measures how long that is).
+  ``client_disconnect``, unless a ``Content-Length`` was reached; the item whose write
+  failed is not counted (a first byte that never arrived leaves the exchange waiting).
+  A WSGI server learns that its client left only when a write fails, so the stream span
+  ends at the first failed write after the client left (docs/wsgi.md measures how long
+  that is).
 * **One context per exchange.** The app, each ``next()`` of its iterable and its
   ``close()`` run inside one :class:`contextvars.Context` in which the request span is
   current. Spans the app makes while its body streams belong to the trace, as children
@@ -519,14 +521,21 @@ class _WSGIExchange:
         self.end(None)
 
     def closed_early(self, item: bytes, at: float) -> None:
-        """The server closed the iterable instead of asking for the item after ``item``."""
+        """The server closed the iterable instead of asking for the item after ``item``.
+
+        It stopped because the body was whole (its ``Content-Length`` reached): ``item``
+        went out and the response is complete. Otherwise writing ``item`` failed (or the
+        server gave up): the client is gone, and ``item`` is not counted; if it was to be
+        the first byte, nobody received it and the exchange ends in the waiting phase.
+        """
         now = perf_counter()
         with failsafe("close"):
-            self.sent(item, at, now)
             state = self.state
             if state.phase is not Phase.COMPLETE:
-                if self.whole(state.bytes):
-                    state.complete(at, now)  # it stopped because the body was whole
+                if self.whole(state.bytes + len(item)):
+                    self.sent(item, at, now)
+                    if state.phase is not Phase.COMPLETE:
+                        state.complete(at, now)
                 else:
                     state.left(now)
         self.end(None)
