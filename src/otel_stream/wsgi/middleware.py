@@ -531,10 +531,10 @@ class _WSGIExchange:
         now = perf_counter()
         with failsafe("close"):
             state = self.state
-            if state.phase is not Phase.COMPLETE:
+            if not _complete(state):
                 if self.whole(state.bytes + len(item)):
                     self.sent(item, at, now)
-                    if state.phase is not Phase.COMPLETE:
+                    if not _complete(state):  # sent() may have completed it
                         state.complete(at, now)
                 else:
                     state.left(now)
@@ -571,6 +571,10 @@ class _WSGIExchange:
         if error is not None:
             log_failure("payload reader", error)
         return summary
+
+
+def _complete(state: Exchange) -> bool:
+    return state.phase is Phase.COMPLETE
 
 
 class _Body:
