@@ -58,8 +58,9 @@ def sse_events(values: dict[str, str], tag: str = "") -> Iterator[bytes]:
 
 
 def openai_events(values: dict[str, str]) -> Iterator[bytes]:
-    """An OpenAI chat-completions stream: a role delta, ``count`` tokens, the finish and
-    usage chunks, then ``data: [DONE]`` unless ``done=0``."""
+    """An OpenAI chat-completions stream: a role delta, ``count`` tokens, the finish chunk
+    (``finish``: its reason, ``stop`` by default), the usage chunk, then ``data: [DONE]``
+    unless ``done=0``."""
     count = int(number(values, "count", 3))
     pace = number(values, "pace", 0.0)
     time.sleep(number(values, "first", 0.0))
@@ -83,7 +84,8 @@ def openai_events(values: dict[str, str]) -> Iterator[bytes]:
             time.sleep(pace)
         delta = {"content": f"tok{index} "}
         yield event([{"index": 0, "delta": delta, "finish_reason": None}])
-    yield event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    finish = values.get("finish", "stop")
+    yield event([{"index": 0, "delta": {}, "finish_reason": finish}])
     usage = {"prompt_tokens": 5, "completion_tokens": count, "total_tokens": 5 + count}
     yield event([], usage=usage)
     if values.get("done", "1") != "0":
