@@ -319,3 +319,15 @@ def test_disabled_passes_every_request_through(telemetry: Telemetry) -> None:
     with serve(app, "werkzeug") as url:
         assert get(url + "/sse?count=2").status_code == 200
     assert telemetry.spans() == []
+
+
+def test_the_wsgi_middleware_takes_the_asgi_middlewares_options() -> None:
+    import inspect
+
+    from otel_stream import StreamingMiddleware
+
+    def options(cls: type) -> list[str]:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    assert options(StreamingWSGIMiddleware) == options(StreamingMiddleware)
