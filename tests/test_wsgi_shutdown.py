@@ -9,6 +9,7 @@ exports what is queued.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -142,3 +143,34 @@ def test_streams_in_flight_at_sigterm_finish_and_their_spans_arrive(
         assert exchange.reason == "completed"
         assert exchange.stream is not None
         assert exchange.stream.attributes["http.stream.chunks"] == 4
+
+
+@pytest.mark.slow
+def test_a_stream_whose_worker_gunicorn_aborts_is_cancelled(receiver: OTLPReceiver) -> None:
+    """A sync worker reports to the master only between requests: a stream longer than
+    ``--timeout`` gets its worker aborted (SystemExit raised in the app)."""
+    service = f"wsgi-timeout-{uuid.uuid4().hex[:8]}"
+    process = gunicorn_process(
+        "sync",
+        receiver,
+        service,
+        "tests.wsgi_served:app",
+        "--timeout",
+        "1",
+        WSGI_TEST_APP="plain",
+        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST="x-test-id",
+    )
+    test_id = uuid.uuid4().hex
+    try:
+        process.start()
+        process.wait_ready()
+        # the connection breaks mid-stream
+        with httpx.Client(timeout=20) as client, contextlib.suppress(httpx.HTTPError):
+            client.get(process.url + "/sse?count=40&pace=0.25", headers={TEST_ID_HEADER: test_id})
+        assert wait_until(lambda: exchange_in(of_service(receiver, service), test_id), 10)
+    finally:
+        process.stop()
+    exchange = exchange_in(of_service(receiver, service), test_id)
+    assert exchange is not None
+    assert exchange.reason == "cancelled", process.stderr()[-2000:]
+    assert exchange.ended.attributes["error.type"] == "SystemExit"
