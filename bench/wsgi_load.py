@@ -150,18 +150,18 @@ def ratios(rows: dict[str, list[float]], row: str, baseline: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Load benchmark of WSGI instrumentations.")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--streams", type=int, default=128, help="streams per row and round")
+    parser.add_argument("--streams", type=int, default=512, help="streams per row and round")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--threads", type=int, default=16, help="gthread threads per server")
     parser.add_argument("--chunks", type=int, default=200, help="SSE events per stream")
     parser.add_argument(
         "--interval", type=float, default=0.0, help="s the app sleeps between events (0)"
     )
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 48 streams")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 96 streams")
     parser.add_argument("--time-limit", type=float, default=120.0, help="stop rounds after")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.streams = 2, 48
+        args.rounds, args.streams = 2, 96
     expected_events = args.chunks + 1  # the events and [DONE]
 
     began = time.monotonic()
