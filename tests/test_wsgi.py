@@ -207,7 +207,15 @@ def test_a_client_gone_before_the_first_byte_leaves_the_exchange_waiting(
 
 # Bytes, headers and the frameworks' own streaming helpers ---------------------------------
 
-TARGETS = ["/sse?count=5", "/openai?count=4", "/plain", "/ndjson?count=3", "/empty", "/write"]
+TARGETS = [
+    "/sse?count=5",
+    "/openai?count=4",
+    "/plain",
+    "/ndjson?count=3",
+    "/empty",
+    "/write",
+    "/file",
+]
 
 
 @pytest.mark.parametrize("server", SERVERS)

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import contextvars
 import sys
-from collections.abc import Callable, Generator, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from time import perf_counter, time_ns
 from typing import Any
 
@@ -79,7 +79,7 @@ from otel_stream.payloads.events import sse_chunk_has_event
 from otel_stream.recorder import Record, Recorder, server_parent
 from otel_stream.wsgi.routes import install_django_route_hook, route_of
 
-Environ = MutableMapping[str, Any]
+Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 ServerRequestHook = Callable[[Span, Environ], None]
@@ -175,7 +175,7 @@ class StreamingWSGIMiddleware:
             if settings.has_excluded_urls:  # building the URL costs microseconds: only if needed
                 from wsgiref.util import request_uri
 
-                excluded = settings.excluded_urls.url_disabled(request_uri(dict(environ)))
+                excluded = settings.excluded_urls.url_disabled(request_uri(environ))
             if not excluded:
                 exchange = _WSGIExchange(self, environ)
         if exchange is None:
