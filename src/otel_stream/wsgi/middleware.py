@@ -229,7 +229,7 @@ def _extract(environ: Environ) -> Context | None:
     keys = _propagator_keys[1]
     if keys and not any(key in environ for key in keys):
         return None
-    return propagate.extract(environ, getter=wsgi_getter)  # type: ignore[misc]
+    return propagate.extract(environ, getter=wsgi_getter)
 
 
 _propagator_keys: tuple[object, frozenset[str]] = (None, frozenset())
