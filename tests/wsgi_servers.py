@@ -69,8 +69,22 @@ def _werkzeug(app: Any) -> Iterator[str]:
 def _waitress(app: Any) -> Iterator[str]:
     from waitress import create_server
 
-    server: Any = create_server(app, host="127.0.0.1", port=0, threads=8, asyncore_loop_timeout=1)
-    thread = threading.Thread(target=server.run, daemon=True)
+    server: Any = create_server(app, host="127.0.0.1", port=0, threads=8)
+    stop = threading.Event()
+
+    def run() -> None:
+        # waitress' own loop, a few polls at a time, so this thread can stop it and close
+        # every dispatcher itself (no other thread touches the loop's sockets)
+        try:
+            while not stop.is_set() and server._map:
+                server.asyncore.loop(
+                    timeout=0.05, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1
+                )
+        finally:
+            for dispatcher in list(server._map.values()):
+                dispatcher.close()
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     port = server.effective_port
     _wait_listening(port, thread.is_alive)
@@ -78,12 +92,7 @@ def _waitress(app: Any) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.task_dispatcher.shutdown(timeout=5)
-
-        def close_all() -> None:  # runs in the server's loop thread
-            for dispatcher in list(server._map.values()):
-                dispatcher.close()
-
-        server.trigger.pull_trigger(close_all)
+        stop.set()
         thread.join(10)
 
 
