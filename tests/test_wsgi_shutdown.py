@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.auto_support import ServerProcess
+from tests.auto_support import BIN, ServerProcess
 from tests.hardening_support import HOLD_EVERYTHING
 from tests.otlp_receiver import OTLPReceiver
 from tests.servers import wait_until
@@ -31,16 +31,31 @@ def receiver() -> Iterator[OTLPReceiver]:
         yield running
 
 
-def started(worker: str, receiver: OTLPReceiver, service: str) -> ServerProcess:
+#: The ways otel-stream gets into the process: (command prefix, variables).
+WAYS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "middleware": ([], {"WSGI_TEST_BATCH": "1"}),
+    "opentelemetry-instrument": (
+        [str(BIN / "opentelemetry-instrument")],
+        {"WSGI_TEST_WRAP": "auto"},
+    ),
+    "OTEL_STREAM_ENABLED": ([], {"WSGI_TEST_WRAP": "auto", "OTEL_STREAM_ENABLED": "true"}),
+}
+
+
+def started(
+    worker: str, receiver: OTLPReceiver, service: str, way: str = "middleware"
+) -> ServerProcess:
+    prefix, variables = WAYS[way]
     process = gunicorn_process(
         worker,
         receiver,
         service,
         WSGI_TEST_APP="flask",
-        WSGI_TEST_BATCH="1",
         OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST="x-test-id",
         **HOLD_EVERYTHING,
+        **variables,
     )
+    process.argv = [*prefix, *process.argv]
     process.start()
     try:
         process.wait_ready()
@@ -66,10 +81,19 @@ def of_service(receiver: OTLPReceiver, service: str) -> list:  # type: ignore[ty
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("server", PROCESSES)
-def test_finished_streams_spans_leave_at_sigterm(receiver: OTLPReceiver, server: str) -> None:
+@pytest.mark.parametrize(
+    ("server", "way"),
+    [
+        *((server, "middleware") for server in PROCESSES),
+        ("gunicorn-gthread", "opentelemetry-instrument"),
+        ("gunicorn-gthread", "OTEL_STREAM_ENABLED"),
+    ],
+)
+def test_finished_streams_spans_leave_at_sigterm(
+    receiver: OTLPReceiver, server: str, way: str
+) -> None:
     service = f"wsgi-shutdown-{uuid.uuid4().hex[:8]}"
-    process = started(server.split("-", 1)[1], receiver, service)
+    process = started(server.split("-", 1)[1], receiver, service, way)
     ids = [uuid.uuid4().hex for _ in range(3)]
     try:
         with httpx.Client(timeout=10) as client:
