@@ -11,6 +11,7 @@ import io
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -162,6 +163,30 @@ def test_a_generator_of_one_item_is_a_stream_of_one_chunk(
         assert get(url + "/sse?count=1").content == b"data: 0\n\n"
     (stream,) = [span for span in wait_for_spans(telemetry, 2) if span.name.endswith("stream")]
     assert stream.attributes["http.stream.chunks"] == 1
+
+
+def test_a_body_that_says_it_does_not_stream_gets_the_request_span_only(
+    telemetry: Telemetry,
+) -> None:
+    """Django's HttpResponse without CommonMiddleware has no Content-Length, but it says
+    ``streaming = False``: its content is whole."""
+
+    class WholeBody:
+        streaming = False
+
+        def __iter__(self) -> Iterator[bytes]:
+            return iter([b"whole answer"])
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return WholeBody()
+
+    with serve(StreamingWSGIMiddleware(app, **telemetry.providers), "werkzeug") as url:
+        assert get(url + "/").content == b"whole answer"
+    (span,) = wait_for_spans(telemetry, 1)
+    time.sleep(0.05)
+    assert [s.name for s in telemetry.spans()] == ["GET"]
+    assert span.attributes["http.stream.termination_reason"] == "completed"
 
 
 # The app's own spans ----------------------------------------------------------------------

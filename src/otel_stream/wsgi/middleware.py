@@ -307,11 +307,13 @@ class _WSGIExchange:
         if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
             self.file_sent()
             return result
+        # Django's HttpResponse (not its StreamingHttpResponse) holds its whole body
+        self.one_item = getattr(result, "streaming", None) is False
         try:
             sized = len(result)  # type: ignore[arg-type]
         except Exception:
             return _Body(self, result)
-        self.one_item = sized == 1
+        self.one_item = self.one_item or sized == 1
         return _SizedBody(self, result)
 
     def start_response(
