@@ -146,6 +146,28 @@ def test_the_app_raising_mid_stream_is_an_app_error(apps: Apps, server: str) -> 
     assert stream.status == "ERROR"
 
 
+@pytest.mark.parametrize("app_name", ["flask", "django"])
+@pytest.mark.parametrize("server", SERVERS)
+def test_frameworks_streams_end_for_the_same_reasons(
+    apps: Apps, server: str, app_name: str
+) -> None:
+    """Flask's and Django's streaming responses: a generator raising mid-stream, and a
+    client that leaves mid-stream."""
+    served = apps(server, app_name)
+    failing, leaving = new_id(), new_id()
+    read_all(served.url, "/fail/r1?count=5", failing)
+    sock = open_raw(served.url, "/chat/r1?count=500&pace=0.02", {TEST_ID_HEADER: leaving})
+    read_until(sock, b"data: r1-2\n")
+    sock.close()
+    failed = served.exchange(failing).ended
+    assert failed.attributes["http.stream.termination_reason"] == "app_error"
+    assert failed.attributes["error.type"] == "ValueError"
+    left = served.exchange(leaving)
+    assert left.reason == "client_disconnect"
+    assert left.stream is not None
+    assert 3 <= left.stream.attributes["http.stream.chunks"] < 500
+
+
 @pytest.mark.parametrize("server", SERVERS)
 def test_the_app_raising_before_its_iterable_is_an_app_error(apps: Apps, server: str) -> None:
     served = apps(server, "plain")
