@@ -25,12 +25,17 @@ Choices made on purpose (read before "fixing"):
 * **Nothing per chunk.** A 2,000-token answer is 2,000 body messages. Per message the
   middleware does two clock reads, a few integer adds and the awaited ``send``; spans and
   metrics are touched at the first byte and at the end only.
+* **Given a Starlette or FastAPI app** (``app = StreamingMiddleware(app)``), the
+  middleware does its work inside the app's middleware stack, where ``add_middleware``
+  would put it: FastAPI's built-in telemetry starts its SERVER span from the request
+  headers whatever span is current, so wrapping from outside would make two traces.
 * **Disconnects** are seen by a watcher that reads ``receive`` on the app's behalf
   without stealing messages: see :mod:`otel_stream.asgi.disconnect`.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from time import perf_counter, time_ns
 from typing import Any, cast
@@ -63,10 +68,10 @@ from otel_stream.asgi.routes import route_of
 from otel_stream.asgi.types import ASGIApp, Message, Receive, Scope, Send
 from otel_stream.config import Settings, explain_unknown_options, given_settings
 from otel_stream.exchange import Exchange, Phase, current_exchange
-from otel_stream.guard import failsafe, log_failure
+from otel_stream.guard import failsafe, guarded, log_failure
 from otel_stream.payloads import PayloadReader, PayloadSummary, make_reader
 from otel_stream.payloads.events import sse_chunk_has_event
-from otel_stream.recorder import Record, Recorder, extract_context, server_parent
+from otel_stream.recorder import Record, Recorder, server_parent
 
 ServerRequestHook = Callable[[Span, Scope], None]
 
@@ -129,6 +134,7 @@ class StreamingMiddleware:
     ) -> None:
         self.app = app
         self.settings = Settings.from_options(**given_settings(locals()))
+        self.has_excluded_urls = self.settings.has_excluded_urls
         self.server_request_hook = server_request_hook
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
@@ -151,27 +157,81 @@ class StreamingMiddleware:
             self._active = False
         if self._active:
             shutdown.register(tracer_provider, meter_provider)
+        #: Given a Starlette or FastAPI app, the work is done inside its stack.
+        self.moved_inside = self._active and _move_inside(app, self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.moved_inside and scope["type"] == "http":
+            await self.app(scope, receive, send)  # the app's stack calls `serve`
+            return
+        await self.serve(self.app, scope, receive, send)
+
+    async def serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """Instrument one exchange of ``app``."""
         if scope["type"] != "http" or not self._active or SCOPE_KEY in scope:
             if scope["type"] == "lifespan" and self._active:
                 send = _flushing_lifespan_send(send)
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
             return
         scope[SCOPE_KEY] = True
-        responder = None
-        with failsafe("request start"):
-            settings = self.settings
-            excluded = False
-            if settings.has_excluded_urls:  # building the URL costs microseconds: only if needed
-                url = get_host_port_url_tuple(scope)[2]  # type: ignore[no-untyped-call]
-                excluded = settings.excluded_urls.url_disabled(url)
-            if not excluded:
-                responder = _Responder(self, scope, receive, send)
+        responder = self._responder(app, scope, receive, send)
         if responder is None:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
         else:
             await responder.run()
+
+    @guarded("request start")
+    def _responder(
+        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send
+    ) -> _Responder | None:
+        """The instrumented exchange of this request, or None when its URL is excluded."""
+        if self.has_excluded_urls:  # building the URL costs microseconds: only if needed
+            url = get_host_port_url_tuple(scope)[2]  # type: ignore[no-untyped-call]
+            if self.settings.excluded_urls.url_disabled(url):
+                return None
+        return _Responder(self, app, scope, receive, send)
+
+
+class _InsideStack:
+    """Where a ``StreamingMiddleware`` given a Starlette app does its work: in the stack."""
+
+    def __init__(self, app: ASGIApp, outer: StreamingMiddleware) -> None:
+        self.app = app
+        self.outer = outer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.outer.serve(self.app, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _move_inside(app: ASGIApp, middleware: StreamingMiddleware) -> bool:
+    """Put ``middleware``'s work inside a Starlette or FastAPI app's middleware stack.
+
+    FastAPI's built-in telemetry (and Starlette's ``OpenTelemetryMiddleware``) start
+    their SERVER span from the request headers whatever span is current, so a
+    middleware wrapped around the app from outside would start a second trace. Inside
+    the stack, directly below ``ServerErrorMiddleware`` (where ``add_middleware`` puts
+    it), the request span is their INTERNAL child, or the SERVER span when they are off.
+    Returns False, leaving the app wrapped from outside, for any other app.
+    """
+    starlette = sys.modules.get("starlette.applications")
+    if starlette is None or not isinstance(app, starlette.Starlette):
+        return False
+    with failsafe("placing the middleware in the app's stack"):
+        stack = app.middleware_stack
+        if stack is None:
+            from starlette.middleware import Middleware
+
+            app.user_middleware.insert(0, Middleware(_InsideStack, outer=middleware))
+            return True
+        if type(stack).__name__ == "ServerErrorMiddleware" and callable(
+            getattr(stack, "app", None)
+        ):
+            stack.app = _InsideStack(stack.app, middleware)  # built already: insert in place
+            return True
+    return False
 
 
 def _flushing_lifespan_send(send: Send) -> Send:
@@ -242,12 +302,17 @@ class _Responder:
     )
 
     def __init__(
-        self, middleware: StreamingMiddleware, scope: Scope, receive: Receive, send: Send
+        self,
+        middleware: StreamingMiddleware,
+        app: ASGIApp,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         started_at = perf_counter()
         start_ns = time_ns()
         self.middleware = middleware
-        self.app = middleware.app
+        self.app = app
         self.scope = scope
         self.server_send = send
         self.state = state = Exchange(started_at)
@@ -259,13 +324,9 @@ class _Responder:
         #: Fed every chunk after it was sent, until the client leaves.
         self.reader: PayloadReader | None = None
         settings = middleware.settings
-        self.watcher = DisconnectWatcher(
-            receive, state.left, self.response_complete, settings.cancel_on_disconnect
-        )
+        self.watcher = DisconnectWatcher(receive, state, settings.cancel_on_disconnect)
         method, span_attributes, metric_attributes = _request_attributes(middleware, scope)
-        parent, kind = server_parent(
-            lambda: extract_context(scope, asgi_getter, scope.get("headers") or ())
-        )
+        parent, kind = server_parent(scope, asgi_getter, scope.get("headers") or ())
         recorder = middleware.recorder
         assert recorder is not None
         self.record: Record = recorder.start(
@@ -310,7 +371,8 @@ class _Responder:
             context.detach(token)
 
     async def send(self, message: Message) -> None:
-        if self.state.phase is _STREAMING and message["type"] == _BODY:
+        state = self.state
+        if state.phase is _STREAMING and message["type"] == _BODY:
             # The per-chunk path: forward, then count and read.
             at = perf_counter()
             try:
@@ -319,14 +381,13 @@ class _Responder:
                 self.send_raised(error, at, message)
                 raise
             sent_at = perf_counter()
-            state = self.state
             body = message.get("body", b"")
             if body:
                 state.chunk(at, sent_at, len(body))
             else:
                 state.empty_send(at, sent_at)
             if not message.get("more_body", False):
-                self.body_ended(at, sent_at)
+                self.body_ended(at, sent_at)  # before reading: it may forgive a late leave
             if body and self.reader is not None and not state.peer_left:
                 self.reader.feed(body)
             return
@@ -339,16 +400,14 @@ class _Responder:
             if self.middleware.settings.accel_buffering_header:
                 message = _with_accel_buffering(message)
             await self.forward(message, perf_counter())
-            with failsafe("response start"):
-                self.response_started(message)
+            self.response_started(message)
             self.watcher.watch_soon()
             return
         at = perf_counter()
         await self.forward(message, at)
         sent_at = perf_counter()
         if kind in _BODY_KINDS and not self.body_complete:
-            with failsafe("first byte"):
-                self.body_message(kind, message, at, sent_at)
+            self.body_message(kind, message, at, sent_at)
         elif kind == _TRAILERS and not message.get("more_trailers", False):
             self.state.complete(at, sent_at)
 
@@ -361,6 +420,7 @@ class _Responder:
 
     # What the messages mean (after they were sent) -------------------------------------
 
+    @guarded("response start")
     def response_started(self, message: Message) -> None:
         if self.headers_sent or self.state.phase is not _WAITING:
             return  # a second start (a protocol violation): the server refuses it
@@ -379,7 +439,7 @@ class _Responder:
                 content_type, settings.payload_max_event_bytes, self.chunk_clock
             )
         record = self.record
-        record.found_route(route_of(self.scope))
+        self.learn_route()
         headers = None
         middleware = self.middleware
         if middleware.response_headers:
@@ -391,6 +451,7 @@ class _Responder:
             )
         record.response_started(status, headers)
 
+    @guarded("first byte")
     def body_message(self, kind: str, message: Message, at: float, sent_at: float) -> None:
         """A body (or zero-copy, or path-send) message that is not a chunk of a stream."""
         body = b""
@@ -428,13 +489,20 @@ class _Responder:
         if body and reader is not None and not state.peer_left:
             reader.feed(body)
         if first_byte:
-            self.record.found_route(route_of(self.scope))
+            self.learn_route()
             self.record.first_byte(state, reader.first_token_at if reader is not None else None)
 
     def body_ended(self, at: float, sent_at: float) -> None:
         self.body_complete = True
         if not self.trailers_expected:
             self.state.complete(at, sent_at)
+
+    def learn_route(self) -> None:
+        """The route template, once the app has routed the request."""
+        if self.record.route is None:
+            route = route_of(self.scope)
+            if route:
+                self.record.found_route(route)
 
     def response_complete(self) -> bool:
         return self.state.phase is Phase.COMPLETE
@@ -463,19 +531,23 @@ class _Responder:
         """The app returned or raised: decide the reason, then record."""
         state = self.state
         now = perf_counter()
-        reason = termination.APP_ERROR if error is not None else termination.INCOMPLETE
-        summary: PayloadSummary | None = None
-        with failsafe("request end"):
-            if error is not None and _is_disconnect_error(error):
-                state.failed_send(now)
-                error = None
-            summary = self.summary()
-            truncated = summary is not None and summary.truncated
-            reason = state.outcome(error, payload_truncated=truncated)
-            self.record.found_route(route_of(self.scope))
+        if error is not None and _is_disconnect_error(error):
+            state.failed_send(now)  # the server's own "client disconnected" exception
+            error = None
+        summary = self.summary() if self.reader is not None else None
+        reason = self.outcome(error, summary)
+        if reason is None:  # deciding failed (logged): say what is certain
+            reason = termination.APP_ERROR if error is not None else termination.INCOMPLETE
         state.end(now)
         self.record.end(state, reason, error, summary)
 
+    @guarded("request end")
+    def outcome(self, error: BaseException | None, summary: PayloadSummary | None) -> str:
+        self.learn_route()
+        truncated = summary is not None and summary.truncated
+        return self.state.outcome(error, payload_truncated=truncated)
+
+    @guarded("payload reader")
     def summary(self) -> PayloadSummary | None:
         reader = self.reader
         if reader is None:
