@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import socket
 import statistics
 import struct
@@ -41,7 +40,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from _servers import wait_ready  # bench/ is on sys.path when a script runs
+from _servers import start, stop, wait_ready  # bench/ is on sys.path when a script runs
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SERVERS = ("gunicorn sync", "gunicorn gthread", "waitress", "werkzeug")
@@ -137,26 +136,18 @@ def running(server: str, directory: Path, interval: float) -> Iterator[tuple[int
         "BENCH_INTERVAL": str(interval),
         "BENCH_REPORT": str(report),
     }
-    process = subprocess.Popen(
+    process = start(
         command(server, port),
         cwd=directory,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
     )
     try:
         wait_ready(process, port)
         yield port, report
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+        stop(process)
 
 
 def one_trial(

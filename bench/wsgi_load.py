@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from _servers import wait_ready  # bench/ is on sys.path when a script runs
+from _servers import start, stop, wait_ready  # bench/ is on sys.path when a script runs
 from load import Generator, cpu_seconds, free_port, percentile
 
 BARE = "bare gunicorn gthread"
@@ -120,9 +120,7 @@ def start_server(
     argv = [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1"]
     argv += ["--threads", str(threads), "-b", f"127.0.0.1:{port}", "--backlog", "4096"]
     argv += ["--log-level", "warning", "bench_wsgi_load_app:app"]
-    process = subprocess.Popen(
-        argv, env=env, cwd=directory, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    process = start(argv, env=env, cwd=directory, stderr=subprocess.DEVNULL)
     return process, port
 
 
@@ -177,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for process, port in servers.values():
                 wait_ready(process, port)
             for _, port in servers.values():  # warm up: imports, caches, first spans
-                load.run(port, min(args.streams, 16), min(args.concurrency, 8))
+                load.closed(port, min(args.streams, 16), min(args.concurrency, 8))
             throughput: dict[str, list[float]] = {row: [] for row in ROWS}
             cpu: dict[str, list[float]] = {row: [] for row in ROWS}  # µs per event
             ttfbs: dict[str, list[float]] = {row: [] for row in ROWS}
@@ -189,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for row in order:
                     process, port = servers[row]
                     cpu_before = tree_cpu_seconds(process.pid)
-                    result = load.run(port, args.streams, args.concurrency)
+                    result = load.closed(port, args.streams, args.concurrency)
                     used = tree_cpu_seconds(process.pid) - cpu_before
                     if result["events"] != args.streams * expected_events:
                         raise RuntimeError(f"{row}: {result['events']} events received")
@@ -200,8 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             load.close()
             for process, _ in servers.values():
-                process.terminate()
-                process.wait(10)
+                stop(process)
     elapsed = time.monotonic() - began
 
     pace = "flat out" if args.interval <= 0 else f"{args.interval * 1000:g} ms between events"

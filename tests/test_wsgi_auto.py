@@ -12,8 +12,8 @@ import pytest
 
 from otel_stream import StreamingInstrumentor, StreamingWSGIMiddleware
 from tests import wsgi_apps
-from tests.auto_support import BIN
 from tests.otlp_receiver import OTLPReceiver
+from tests.processes import BIN
 from tests.servers import wait_until
 from tests.telemetry_harness import Telemetry
 from tests.wsgi_servers import TEST_ID_HEADER, exchange_in, gunicorn_process, serve
@@ -86,12 +86,6 @@ def test_uninstrument_passes_requests_through(telemetry: Telemetry) -> None:
 
 
 # Processes ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as running:
-        yield running
 
 
 WAYS = {

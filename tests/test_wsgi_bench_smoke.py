@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.auto_support import python_path
+from tests.processes import python_path
 from tests.test_bench_smoke import table_rows
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"

@@ -1,7 +1,8 @@
 """The dashboards work unchanged on a WSGI service: every panel query of both dashboards
 returns data from a real Prometheus scraping a Flask app behind StreamingWSGIMiddleware
 (werkzeug's server, opentelemetry-exporter-prometheus on /metrics) that served real
-streams ending in every way a WSGI server can end them."""
+streams ending in every way a WSGI server can end them. (The LLM dashboard's hop row,
+which needs a relayed upstream stream, is left out.)"""
 
 from __future__ import annotations
 
@@ -173,9 +174,19 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         yield Scraped(prometheus, target)
 
 
+#: The LLM dashboard's hop row reads what a relay records: the client side's series and
+#: the hop histogram, recorded when an instrumented client stream runs inside the
+#: server's exchange. This app relays nothing, so those queries are left out here.
+RELAY_SERIES = ("http_client_stream_", "http_server_stream_hop_")
+
+
 def check_every_query(scraped: Scraped, dashboard: str, route: str) -> int:
     board = live.load_dashboards()[dashboard]
-    queries = live.panel_queries(board)
+    queries = [
+        query
+        for query in live.panel_queries(board)
+        if not any(series in query.expr for series in RELAY_SERIES)
+    ]
     empty = []
     for variables in (scraped.variables(None), scraped.variables(route)):
         for query in queries:
@@ -191,6 +202,7 @@ def test_every_streaming_overview_query_returns_data(scraped: Scraped) -> None:
 
 
 def test_every_llm_streams_query_returns_data(scraped: Scraped) -> None:
+    """Every query but the hop row's (a relay's series)."""
     assert check_every_query(scraped, "llm-streams", "/v1/chat/completions") >= 12
 
 

@@ -13,23 +13,16 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.auto_support import BIN, ServerProcess
+from tests.auto_support import ServerProcess
 from tests.hardening_support import HOLD_EVERYTHING
 from tests.otlp_receiver import OTLPReceiver
+from tests.processes import BIN
 from tests.servers import wait_until
 from tests.wsgi_servers import PROCESSES, TEST_ID_HEADER, exchange_in, gunicorn_process
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as running:
-        yield running
-
 
 #: The ways otel-stream gets into the process: (command prefix, variables).
 WAYS: dict[str, tuple[list[str], dict[str, str]]] = {

@@ -25,8 +25,9 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from tests.auto_support import BIN, ServerProcess, environment
+from tests.auto_support import ServerProcess, environment
 from tests.otlp_receiver import OTLPReceiver, ReceivedPoint, ReceivedSpan
+from tests.processes import BIN
 from tests.servers import free_port, wait_until
 from tests.telemetry_harness import Telemetry
 
@@ -232,8 +233,7 @@ def gunicorn_process(
 ) -> ServerProcess:
     """A gunicorn process (not started) whose app exports to ``receiver``; its output goes
     to files in a temporary directory."""
-    env = environment(receiver, service, **variables)
-    env["PYTHONPATH"] = os.pathsep.join([str(directory), env["PYTHONPATH"]])
+    env = environment(receiver, service, directory, **variables)
     env.setdefault("DJANGO_SETTINGS_MODULE", "tests.wsgi_django_settings")
     port = free_port()
     argv = gunicorn_command(target, port, worker, *extra)

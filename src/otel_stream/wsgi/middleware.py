@@ -53,7 +53,6 @@ from time import perf_counter, time_ns
 from typing import Any
 
 from opentelemetry import context, propagate
-from opentelemetry.context import Context
 from opentelemetry.instrumentation._semconv import _StabilityMode
 from opentelemetry.instrumentation.wsgi import collect_request_attributes, wsgi_getter
 from opentelemetry.metrics import MeterProvider
@@ -218,21 +217,28 @@ def _request_attributes(
     return method, attributes, metric_attributes
 
 
-def _extract(environ: Environ) -> Context | None:
-    """The incoming trace context, or None when no header the global propagator reads is
-    present (extracting would return the current context: skipping it saves the work)."""
+def _propagation_headers(environ: Environ) -> list[tuple[bytes, bytes]]:
+    """The request headers the global propagator reads, as raw (name, value) pairs.
+
+    Only those: the environ holds every header under its CGI name, and building all of
+    them per request would cost more than the check they feed.
+    """
     global _propagator_keys
     textmap = propagate.get_global_textmap()
     if _propagator_keys[0] is not textmap:
-        keys = frozenset("HTTP_" + name.upper().replace("-", "_") for name in textmap.fields)
+        keys = tuple(
+            ("HTTP_" + name.upper().replace("-", "_"), name.lower().encode("latin-1"))
+            for name in textmap.fields
+        )
         _propagator_keys = (textmap, keys)
-    keys = _propagator_keys[1]
-    if keys and not any(key in environ for key in keys):
-        return None
-    return propagate.extract(environ, getter=wsgi_getter)
+    return [
+        (name, str(environ[key]).encode("latin-1"))
+        for key, name in _propagator_keys[1]
+        if key in environ
+    ]
 
 
-_propagator_keys: tuple[object, frozenset[str]] = (None, frozenset())
+_propagator_keys: tuple[object, tuple[tuple[str, bytes], ...]] = (None, ())
 
 
 class _WSGIExchange:
@@ -270,7 +276,7 @@ class _WSGIExchange:
         self.server_start_response: StartResponse | None = None
         self.server_write: Callable[[bytes], object] | None = None
         method, span_attributes, metric_attributes = _request_attributes(middleware, environ)
-        parent, kind = server_parent(lambda: _extract(environ))
+        parent, kind = server_parent(environ, wsgi_getter, _propagation_headers(environ))
         recorder = middleware.recorder
         assert recorder is not None
         self.record: Record = recorder.start(
