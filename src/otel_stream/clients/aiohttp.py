@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
+from opentelemetry import context
 from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 
 from otel_stream.clients.call import ClientCall
@@ -165,11 +166,14 @@ def request_wrapper(telemetry: Callable[[], ClientTelemetry | None]) -> Callable
                 kwargs = {**kwargs, "headers": headers}
         if call is None:
             return await wrapped(*args, **kwargs)
+        token = context.attach(call.context)  # contrib's CLIENT span becomes its child
         try:
             response = await wrapped(*args, **kwargs)
         except BaseException as error:
             call.end(error=error)
             raise
+        finally:
+            context.detach(token)
         with failsafe("aiohttp response"):
             version = response.version
             call.response(

@@ -25,6 +25,7 @@ from time import perf_counter
 from types import ModuleType
 from typing import Any
 
+from opentelemetry import context
 from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.util.http import get_excluded_urls
 
@@ -181,11 +182,14 @@ def send_wrappers(
         call = start_call(current, instance, request, stream, "handle_request")
         if call is None:
             return wrapped(*args, **kwargs)
+        token = context.attach(call.context)  # contrib's CLIENT span becomes its child
         try:
             response = wrapped(*args, **{**kwargs, "stream": True})
         except BaseException as error:
             call.end(error=error)
             raise
+        finally:
+            context.detach(token)
         observe_response(call, response, sync_stream)
         if not stream:
             try:
@@ -204,11 +208,14 @@ def send_wrappers(
         call = start_call(current, instance, request, stream, "handle_async_request")
         if call is None:
             return await wrapped(*args, **kwargs)
+        token = context.attach(call.context)  # contrib's CLIENT span becomes its child
         try:
             response = await wrapped(*args, **{**kwargs, "stream": True})
         except BaseException as error:
             call.end(error=error)
             raise
+        finally:
+            context.detach(token)
         observe_response(call, response, async_stream)
         if not stream:
             try:
