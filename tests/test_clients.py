@@ -233,3 +233,89 @@ def test_uninstrument_restores_every_client(telemetry: Telemetry, upstream: str)
     with httpx.Client() as client:
         client.get(upstream + "/echo")
     assert telemetry.spans() == []
+
+
+def test_gen_ai_metrics_with_the_opt_in(
+    telemetry: Telemetry, upstream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http, gen_ai_latest_experimental")
+    instrumentor = StreamingClientInstrumentor()
+    instrumentor.instrument(provider_name="openai", **telemetry.providers)
+    try:
+        stream_chat(upstream)
+    finally:
+        instrumentor.uninstrument()
+
+    (first_chunk,) = telemetry.points("gen_ai.client.operation.time_to_first_chunk")
+    assert first_chunk.attributes["gen_ai.operation.name"] == "chat"
+    assert first_chunk.attributes["gen_ai.provider.name"] == "openai"
+    assert first_chunk.attributes["server.address"] == "127.0.0.1"
+    assert first_chunk.sum >= TTFT
+    (duration,) = telemetry.points("gen_ai.client.operation.duration")
+    assert duration.sum > first_chunk.sum
+    assert "error.type" not in duration.attributes
+    usage = {
+        point.attributes["gen_ai.token.type"]: point.sum
+        for point in telemetry.points("gen_ai.client.token.usage")
+    }
+    assert usage == {"input": 1, "output": 5}
+    # this project's boundaries, not the conventions' (which end at 81.92 s)
+    assert max(first_chunk.explicit_bounds) == 300.0
+
+
+def test_no_gen_ai_metrics_without_the_opt_in(
+    clients: Telemetry, upstream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream_chat(upstream)
+
+    assert clients.points("gen_ai.client.operation.duration") == []
+    stream = clients.span("POST stream")
+    assert stream.attributes["gen_ai.request.stream"] is True
+    assert "gen_ai.provider.name" not in stream.attributes  # never guessed
+
+
+def test_a_response_dropped_unclosed_is_consumer_closed(
+    clients: Telemetry, upstream: str
+) -> None:
+    import gc
+
+    client = httpx.Client()
+    request = client.build_request(
+        "POST", upstream + "/v1/chat/completions", json=CHAT_BODY, headers=slow_first_token()
+    )
+    response = client.send(request, stream=True)
+    next(response.iter_raw())
+    del response
+    gc.collect()
+
+    stream = clients.span("POST stream")
+    assert stream.attributes["http.stream.termination_reason"] == "consumer_closed"
+    client.close()
+
+
+def test_a_cancelled_reader_is_consumer_closed(clients: Telemetry, upstream: str) -> None:
+    async def main() -> None:
+        async with httpx.AsyncClient() as client:
+            request = client.build_request(
+                "POST",
+                upstream + "/v1/chat/completions",
+                json=CHAT_BODY,
+                headers={"x-demo-ttft": "0.01", "x-demo-token-interval": "1"},
+            )
+            response = await client.send(request, stream=True)
+
+            async def read() -> None:
+                async for _ in response.aiter_raw():
+                    pass
+
+            task = asyncio.ensure_future(read())
+            await asyncio.sleep(0.2)  # the first token came, the second is a second away
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await response.aclose()
+
+    asyncio.run(main())
+
+    stream = clients.span("POST stream")
+    assert stream.attributes["http.stream.termination_reason"] == "consumer_closed"

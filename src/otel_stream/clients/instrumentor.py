@@ -15,6 +15,7 @@ Choices made on purpose:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Collection
@@ -108,6 +109,25 @@ def _unpatch_all() -> None:
                 else:
                     logger.debug("otel-stream: %r.%s was re-patched; left as is", owner, attribute)
         _state.patched.clear()
+
+
+ENTRY_POINT = "otel_stream_client"
+
+
+def instrument_clients() -> None:
+    """Instrument the HTTP clients unless ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` names
+    ``otel_stream_client`` (or ``*``); for ``OTEL_STREAM_ENABLED=true``. Never raises."""
+    names = os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
+    if {name.strip() for name in names.split(",")} & {ENTRY_POINT, "*"}:
+        return
+    try:
+        StreamingClientInstrumentor().instrument()
+    except Exception as error:
+        logger.warning(
+            "otel-stream: instrumenting the HTTP clients failed (%s); they run uninstrumented",
+            error,
+            exc_info=error,
+        )
 
 
 class StreamingClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
