@@ -274,9 +274,7 @@ def test_no_gen_ai_metrics_without_the_opt_in(
     assert "gen_ai.provider.name" not in stream.attributes  # never guessed
 
 
-def test_a_response_dropped_unclosed_is_consumer_closed(
-    clients: Telemetry, upstream: str
-) -> None:
+def test_a_response_dropped_unclosed_is_consumer_closed(clients: Telemetry, upstream: str) -> None:
     import gc
 
     client = httpx.Client()
