@@ -219,19 +219,23 @@ class ClientCall:
                 upstream_of.upstream_first_byte(at, at - exchange.started_at)
 
     def settle(self) -> None:
-        """Count the chunk the caller now has (the per-chunk path)."""
+        """Count the chunk the caller now has (the per-chunk path).
+
+        An adapter may note a later chunk itself (``pending_at``, then ``pending``)
+        instead of calling :meth:`arrived`: only the first chunk needs more.
+        """
         chunk = self.pending
         if chunk is None:
             return
         self.pending = None
         at = self.pending_at
         self.exchange.chunk(at, at, len(chunk))
-        if not self.first_byte_done:
-            self.first_byte_done = True
-            self.first_byte(at)
         reader = self.reader
         if reader is not None:
             reader.feed(chunk)
+        if not self.first_byte_done:
+            self.first_byte_done = True
+            self.first_byte(at)
 
     def first_byte(self, at: float) -> None:
         """The caller has the first chunk: end the request span, start the stream's."""

@@ -101,11 +101,21 @@ def stream_classes(module: ModuleType) -> tuple[type[Any], type[Any]]:
         def __iter__(self) -> Iterator[bytes]:
             call = self.call
             try:
-                for chunk in self.inner:
+                chunks = iter(self.inner)
+                for chunk in chunks:  # up to the first byte
                     if chunk:
                         call.arrived(chunk, perf_counter())
                         yield chunk
                         call.settle()
+                        break
+                    yield chunk
+                settle = call.settle
+                for chunk in chunks:  # the per-chunk path: note, hand on, count
+                    if chunk:
+                        call.pending_at = perf_counter()
+                        call.pending = chunk
+                        yield chunk
+                        settle()
                     else:
                         yield chunk
             except GeneratorExit:
@@ -135,11 +145,21 @@ def stream_classes(module: ModuleType) -> tuple[type[Any], type[Any]]:
         async def __aiter__(self) -> AsyncIterator[bytes]:
             call = self.call
             try:
-                async for chunk in self.inner:
+                chunks = self.inner.__aiter__()
+                async for chunk in chunks:  # up to the first byte
                     if chunk:
                         call.arrived(chunk, perf_counter())
                         yield chunk
                         call.settle()
+                        break
+                    yield chunk
+                settle = call.settle
+                async for chunk in chunks:  # the per-chunk path: note, hand on, count
+                    if chunk:
+                        call.pending_at = perf_counter()
+                        call.pending = chunk
+                        yield chunk
+                        settle()
                     else:
                         yield chunk
             except GeneratorExit:
