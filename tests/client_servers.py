@@ -128,7 +128,8 @@ def _forwarded(request: Request) -> dict[str, str]:
 
 
 def relay_app(upstream: str) -> Starlette:
-    """A gateway that passes an upstream stream on, three ways (by path)."""
+    """An OpenAI-compatible gateway that passes an upstream stream on, three ways:
+    ``/openai/v1``, ``/httpx/v1`` and ``/aiohttp/v1`` are its base URLs."""
 
     async def with_openai(request: Request) -> Response:
         import openai
@@ -190,8 +191,8 @@ def relay_app(upstream: str) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/relay/openai", with_openai, methods=["POST"]),
-            Route("/relay/httpx", with_httpx, methods=["POST"]),
-            Route("/relay/aiohttp", with_aiohttp, methods=["POST"]),
+            Route("/openai/v1/chat/completions", with_openai, methods=["POST"]),
+            Route("/httpx/v1/chat/completions", with_httpx, methods=["POST"]),
+            Route("/aiohttp/v1/chat/completions", with_aiohttp, methods=["POST"]),
         ]
     )
