@@ -317,3 +317,28 @@ def test_a_cancelled_reader_is_consumer_closed(clients: Telemetry, upstream: str
 
     stream = clients.span("POST stream")
     assert stream.attributes["http.stream.termination_reason"] == "consumer_closed"
+
+
+def test_a_telemetry_failure_never_reaches_the_caller(
+    clients: Telemetry,
+    upstream: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from otel_stream import guard
+    from otel_stream.clients.telemetry import ClientTelemetry
+
+    monkeypatch.setattr(guard, "_logged", set())  # this test sees the first failure logged
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("telemetry bug")
+
+    monkeypatch.setattr(ClientTelemetry, "record_end", broken)
+    answers = [stream_chat(upstream) for _ in range(2)]
+
+    assert all(answer.strip().startswith("A streaming answer") for answer in answers)
+    failures = [r for r in caplog.records if "telemetry failed in client end" in r.getMessage()]
+    assert len(failures) == 1  # logged once per kind
+    # whatever failed, every span ended and the active counter is balanced
+    assert sorted(clients.names()) == ["POST", "POST", "POST stream", "POST stream"]
+    assert all(point.value == 0 for point in clients.points("http.client.stream.active"))

@@ -164,7 +164,8 @@ class ClientCall:
     def inject(self, headers: Any) -> None:
         """Write the trace context into the outgoing ``headers`` if this is the CLIENT span."""
         if not self.nested:
-            propagate.inject(headers, context=self.context)
+            with self.telemetry.guard("client trace context"):
+                propagate.inject(headers, context=self.context)
 
     def response(
         self,
