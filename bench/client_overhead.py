@@ -38,6 +38,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
@@ -282,6 +283,23 @@ def added(result: dict[str, list[float]], name: str) -> tuple[float, float]:
     return middle, statistics.median(abs(value - middle) for value in values)
 
 
+def server_side_per_chunk(chunks: int, calls: int, rounds: int) -> float | None:
+    """ns the server middleware adds per chunk of the same byte stream, or None."""
+    try:
+        import asyncio
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import overhead
+
+        result = asyncio.run(
+            overhead.measure(overhead.byte_stream(chunks, calls), overhead.Providers(), rounds)
+        )
+        return float(result.added(overhead.OTEL_STREAM)[0]) / chunks
+    except Exception as error:  # the server bench changed: report without it
+        print(f"(server side not measured: {error!r})", file=sys.stderr)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls and rounds")
@@ -333,6 +351,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {per_request:,.1f} ± {request[1] / 1_000:,.1f} "
             f"| {per_chunk / contrib_chunk if contrib_chunk > 0 else float('inf'):.2f}x "
             f"| {per_request / contrib_request if contrib_request > 0 else float('inf'):.2f}x |"
+        )
+    server = server_side_per_chunk(chunks, stream_calls, rounds)
+    ours = added(results["stream"], OTEL_STREAM)[0] / chunks
+    print()
+    if server is None:
+        print("Server side (bench/overhead.py's StreamingMiddleware row): n/a in this run")
+    else:
+        print(
+            f"Server side in this run (bench/overhead.py's StreamingMiddleware row, same "
+            f"{chunks:,}-chunk byte stream): {server:,.0f} ns per chunk; the client side's is "
+            f"{ours / server:.2f}x that (target: at most 1.00x)"
         )
     print()
     print(
