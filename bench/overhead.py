@@ -66,8 +66,8 @@ from starlette.middleware.opentelemetry import OpenTelemetryMiddleware as Starle
 from starlette.routing import Route
 
 from otel_stream import StreamingMiddleware
+from otel_stream.attributes import STREAM_CHUNKS, STREAM_EVENTS
 from otel_stream.payloads import make_reader
-from otel_stream.telemetry import STREAM_CHUNKS, STREAM_EVENTS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

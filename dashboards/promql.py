@@ -21,6 +21,7 @@ METRICS: Final[dict[str, str]] = {
     "http_server_stream_body_size_bytes": "histogram",
     "http_server_stream_max_chunk_gap_seconds": "histogram",
     "http_server_stream_send_wait_seconds": "histogram",
+    "http_server_stream_hop_time_to_first_byte_seconds": "histogram",
     "http_server_stream_time_to_first_token_seconds": "histogram",
     "http_server_stream_time_per_output_token_seconds": "histogram",
 }

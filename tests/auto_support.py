@@ -9,7 +9,9 @@ the apps mentions otel-stream: instrumentation comes from the command or the var
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -323,3 +326,18 @@ def tree(spans: Sequence[ReceivedSpan]) -> list[str]:
 
     walk("", 0)
     return lines
+
+
+def console_spans(text: str) -> list[dict[str, Any]]:
+    """The spans the SDK's console exporter printed in ``text`` (other output skipped).
+
+    The exporter writes each span as an indented JSON object starting on a line of its own.
+    """
+    decoder = json.JSONDecoder()
+    spans = []
+    for match in re.finditer(r"^\{", text, flags=re.MULTILINE):
+        with contextlib.suppress(ValueError):
+            value, _ = decoder.raw_decode(text, match.start())
+            if isinstance(value, dict) and "context" in value and "kind" in value:
+                spans.append(value)
+    return spans

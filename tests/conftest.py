@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+from otel_stream import guard as otel_stream_guard
 from otel_stream import shutdown
-from otel_stream import telemetry as otel_stream_telemetry
 from tests.telemetry_harness import Telemetry
 
 # CI has no example database: the same examples on every run, and a failure's reproduce blob.
@@ -27,7 +27,7 @@ def telemetry() -> Iterator[Telemetry]:
 @pytest.fixture(autouse=True)
 def _fresh_log_once() -> None:
     """Each test sees the first failure of each kind logged (the cache lives per process)."""
-    otel_stream_telemetry._logged.clear()
+    otel_stream_guard._logged.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_stream import autoinstrument
+from otel_stream import autoinstrument, sdk
 from tests.auto_support import python_path
 
 BIN = str(Path(sys.executable).parent)
@@ -108,8 +108,76 @@ def test_a_process_gets_a_service_instance_id_even_from_an_old_sdk(
 
     monkeypatch.setattr(Resource, "create", classmethod(lambda cls, *a, **k: Resource({})))
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
-    with autoinstrument._service_instance_id():
+    with sdk._service_instance_id():
         inside = os.environ["OTEL_RESOURCE_ATTRIBUTES"]
     assert inside.startswith("deployment.environment=test,service.instance.id=")
     assert len(inside.rsplit("=", 1)[1]) == 36
     assert os.environ["OTEL_RESOURCE_ATTRIBUTES"] == "deployment.environment=test"
+
+
+def test_an_invalid_value_warns_once_with_the_start_up_default_and_is_removed() -> None:
+    """``ture``: one warning saying the process is not instrumented; a middleware added in
+    code afterwards records as usual without a second, contradicting warning."""
+    code = textwrap.dedent(
+        """
+        import os
+        import uvicorn.config
+        from otel_stream import StreamingMiddleware
+        from otel_stream.config import Settings
+        StreamingMiddleware(lambda scope, receive, send: None)
+        print(os.environ.get("OTEL_STREAM_ENABLED"), Settings.from_options().enabled,
+              hasattr(uvicorn.config.Config.load, "__wrapped__"))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = python_path()
+    env["OTEL_STREAM_ENABLED"] = "ture"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.split() == ["None", "True", "False"]
+    (warning,) = result.stderr.strip().splitlines()
+    assert warning == (
+        "otel-stream: invalid OTEL_STREAM_ENABLED='ture' (expected true or false); using the "
+        "default unset (this process is not instrumented at start-up; a StreamingMiddleware "
+        "added in code records as usual)"
+    )
+
+
+def _imported_modules(module: str) -> set[str]:
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    assert spec is not None
+    assert spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {name for name in names if name.startswith("otel_stream")}
+
+
+def test_the_start_up_hook_the_instrumentor_and_the_sdk_set_up_import_no_circle() -> None:
+    """autoinstrument -> instrumentor -> sdk, never back."""
+    assert "otel_stream.instrumentor" in _imported_modules("otel_stream.autoinstrument")
+    assert not {"otel_stream.sdk", "otel_stream.sdk.configure_sdk"} & _imported_modules(
+        "otel_stream.autoinstrument"
+    )
+    instrumentor = _imported_modules("otel_stream.instrumentor")
+    assert "otel_stream.sdk" in instrumentor
+    assert not any(name.startswith("otel_stream.autoinstrument") for name in instrumentor)
+    sdk_imports = _imported_modules("otel_stream.sdk")
+    assert not any(
+        name.startswith(("otel_stream.autoinstrument", "otel_stream.instrumentor"))
+        for name in sdk_imports
+    )

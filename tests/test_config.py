@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from otel_stream import StreamingMiddleware, buckets
-from otel_stream.config import Settings
-from otel_stream.middleware import route_of, sse_chunk_has_event
+from otel_stream import environment_variables as env
+from otel_stream.asgi.routes import route_of
+from otel_stream.config import Settings, parse_bool, resolve
+from otel_stream.payloads.events import sse_chunk_has_event
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -165,3 +168,46 @@ def test_an_invalid_boolean_keyword_warns_naming_the_keyword(
     (message,) = warnings_of(caplog)
     assert "payloads=" in message
     assert settings.payloads is True
+
+
+def _configuration_doc() -> str:
+    path = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    return path.read_text(encoding="utf-8")
+
+
+def test_an_invalid_enabled_variable_says_what_the_default_means_there(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """OTEL_STREAM_ENABLED has two defaults: off as the start-up switch, on in a middleware."""
+    with caplog.at_level(logging.WARNING, "otel_stream"):
+        assert (
+            resolve(
+                env.OTEL_STREAM_ENABLED,
+                None,
+                parse_bool,
+                False,
+                environ={env.OTEL_STREAM_ENABLED: "ture"},
+            )
+            is False
+        )
+        settings = Settings.from_options(environ={env.OTEL_STREAM_ENABLED: "ture"})
+    start_up, middleware = warnings_of(caplog)
+    assert settings.enabled is True
+    assert start_up.endswith(
+        "using the default unset (this process is not instrumented at start-up; "
+        "a StreamingMiddleware added in code records as usual)"
+    )
+    assert middleware.endswith("using the default true (otel-stream records telemetry)")
+    # The message the docs show is the one a user gets.
+    assert start_up in _configuration_doc()
+
+
+def test_a_boolean_variable_default_is_written_as_the_docs_write_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, "otel_stream"):
+        Settings.from_options(environ={"OTEL_STREAM_PAYLOADS": "maybe"})
+        Settings.from_options(payloads="yes", environ={})  # type: ignore[arg-type]
+    variable, keyword = warnings_of(caplog)
+    assert variable.endswith("; using the default true")  # as in the table: `true`
+    assert keyword.endswith("; using the default True")  # a keyword takes a Python bool

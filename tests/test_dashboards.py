@@ -159,7 +159,7 @@ def test_the_metric_names_are_what_the_exporter_writes() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from otel_stream.config import Settings
-    from otel_stream.telemetry import Instruments, get_meter
+    from otel_stream.recorder import Instruments, get_meter
 
     registry = CollectorRegistry()
     provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
@@ -198,6 +198,7 @@ def test_the_metric_names_are_design_md_s() -> None:
         instrument = name.removesuffix("_seconds").replace("_", ".")
         instrument = instrument.replace("time.to.first.token", "time_to_first_token")
         instrument = instrument.replace("time.per.output.token", "time_per_output_token")
+        instrument = instrument.replace("time.to.first.byte", "time_to_first_byte")
         assert f"`{instrument}`" in text, name
 
 

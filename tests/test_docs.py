@@ -22,9 +22,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.util.http import ExcludeList
 from prometheus_client import CollectorRegistry, generate_latest
 
-from otel_stream import StreamingMiddleware, buckets, shutdown, telemetry, termination
+from otel_stream import StreamingMiddleware, attributes, buckets, recorder, shutdown, termination
 from otel_stream import environment_variables as env
 from otel_stream.config import Settings
+from otel_stream.version import __version__
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -58,9 +59,7 @@ def row_for(rows: list[list[str]], first_cell: str) -> list[str]:
 # Configuration ---------------------------------------------------------------------------
 
 DEFAULTS = Settings.from_options(environ={})
-SETTING_KEYWORDS = [
-    name for name in inspect.signature(Settings.from_options).parameters if name != "environ"
-]
+SETTING_KEYWORDS = list(Settings.names())
 VARIABLES = [value for name, value in vars(env).items() if name.startswith("OTEL_STREAM_")]
 
 
@@ -132,8 +131,8 @@ def test_the_constructor_arguments_are_documented() -> None:
 
 
 def _instruments(meter_provider: MeterProvider) -> dict[str, Any]:
-    meter = telemetry.get_meter(meter_provider)
-    return dict(vars(telemetry.Instruments(meter, DEFAULTS)))
+    meter = recorder.get_meter(meter_provider)
+    return dict(vars(recorder.Instruments(meter, DEFAULTS)))
 
 
 def _record(instrument: Any) -> None:
@@ -166,7 +165,7 @@ def prometheus_name(attribute: str) -> str:
 INSTRUMENT_ATTRIBUTES = list(_instruments(MeterProvider(shutdown_on_exit=False)))
 KINDS = (
     (UpDownCounter, "up-down counter"),
-    (telemetry.ActiveRequests, "up-down counter"),  # observed: a dict update per phase change
+    (recorder.ActiveRequests, "up-down counter"),  # observed: a dict update per phase change
     (Counter, "counter"),
     (Histogram, "histogram"),
 )
@@ -185,7 +184,7 @@ def test_every_attribute_name_is_documented() -> None:
     text = doc("metrics.md")
     names = [
         value
-        for name, value in vars(telemetry).items()
+        for name, value in vars(attributes).items()
         if name.isupper() and isinstance(value, str) and name not in ("SCOPE_NAME", "SCHEMA_URL")
     ]
     missing = [name for name in names if f"`{name}`" not in text]
@@ -284,3 +283,95 @@ def test_links_between_docs_resolve(page: str) -> None:
         if anchor:
             headings = {slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)}
             assert anchor in headings, f"{page}: no heading #{anchor} in {target or page}"
+
+
+# The repository stands alone -------------------------------------------------------------
+
+ROOT = DOCS.parent
+#: What a newcomer reads: the README, every page of docs/, the dashboards' README.
+PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md")), ROOT / "dashboards" / "README.md"]
+#: Pointers to what a reader of the repository does not have.
+OUTSIDE = {
+    "the design contract": re.compile(r"DESIGN\.md"),
+    "a directory beside the checkout": re.compile(r"\.\./shared|/work/"),
+    "an issue or pull request number": re.compile(
+        r"(?i)\b(?:issue|pull request|PR|ticket)s?\s*#?\d+|(?<![\w&])#\d+\b|/(?:issues|pull)/\d+"
+    ),
+    "a tracker": re.compile(r"(?i)\btracker\b|\bjira\b"),
+}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_the_docs_point_nowhere_outside_the_repository(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    found = [
+        f"{what}: {match.group(0)!r} on line {text.count(chr(10), 0, match.start()) + 1}"
+        for what, pattern in OUTSIDE.items()
+        for match in pattern.finditer(text)
+    ]
+    assert not found, found
+
+
+@pytest.mark.parametrize("text", ["see DESIGN.md", "part of issue 7", "fixed in #2871", "PR 12"])
+def test_the_outside_pointers_are_recognised(text: str) -> None:
+    assert any(pattern.search(text) for pattern in OUTSIDE.values())
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_relative_link_and_picture_exists(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    missing = []
+    for target in re.findall(r"!?\[[^\]]*\]\(([^)\s]+)\)", text):
+        path = target.split("#", 1)[0]
+        if not path or re.match(r"[a-z]+:", path):
+            continue  # an anchor on the same page, or a URL
+        if not (page.parent / path).exists():
+            missing.append(target)
+    assert not missing, missing
+
+
+def test_every_documented_stream_variable_exists() -> None:
+    """The other direction: configuration.md names no OTEL_STREAM_* variable the code lacks."""
+    documented = set(re.findall(r"`(OTEL_STREAM_[A-Z0-9_]+)`", doc("configuration.md")))
+    assert documented - set(VARIABLES) == set()
+
+
+def test_the_readme_opens_with_its_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in first_block.splitlines()]
+    assert commands == ["pip install -e '.[demo]' && otel-stream demo", "bash .ci/run"]
+    assert readme.index("```sh") < readme.index("\n## ")  # above every section
+
+
+#: ``pip install otel-stream``, from an index (flags before it allowed).
+FROM_AN_INDEX = re.compile(
+    r"pip install\s+(?:-\S+\s+)*['\"]?otel-stream(?:\[[\w,]+\])?['\"]?(?:\s|$|`)"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "from_an_index"),
+    [
+        ("pip install otel-stream opentelemetry-sdk", True),
+        ("pip install -U 'otel-stream[otlp]'\n", True),
+        ("pip install -e '.[otlp]'", False),
+        ("pip install -e '.[demo]' && otel-stream demo", False),
+    ],
+)
+def test_an_install_from_an_index_is_recognised(text: str, from_an_index: bool) -> None:
+    assert bool(FROM_AN_INDEX.search(text)) is from_an_index
+
+
+def test_the_install_instructions_work_before_publication() -> None:
+    """No page tells a newcomer to install from an index that does not serve otel-stream."""
+    for page in PAGES:
+        match = FROM_AN_INDEX.search(page.read_text(encoding="utf-8"))
+        assert match is None, (page, match)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "pip install -e '.[otlp]'" in readme
+    assert "pip install -e '.[otlp]'" in doc("auto-instrumentation.md")
+    # The wheel the pages name is the one `pip wheel .` builds from this checkout.
+    for page in PAGES:
+        for version in re.findall(r"otel_stream-([\w.]+)-py3-none-any\.whl", page.read_text()):
+            assert version == __version__, page

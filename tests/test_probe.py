@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import re
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
+from otel_stream import probe
 from otel_stream.probe import (
     EXIT_BUFFERS,
     EXIT_ERROR,
@@ -171,3 +173,39 @@ def test_usage_errors_exit_1_not_2() -> None:
     result = run_cli("probe")
     assert result.returncode == 1  # 2 means "buffers"
     assert "the following arguments are required: url" in result.stderr
+
+
+ERROR_STYLE = re.compile(r"error: [a-zA-Z0-9]")  # one prefix, lower case, then the reason
+
+
+@pytest.mark.parametrize(
+    "observation",
+    [
+        Observation(404, SSE),
+        Observation(200, SSE, 0.01, [], timed_out=True),
+        Observation(200, SSE, 0.01, []),
+        Observation(200, SSE, 0.01, [(0.02, 10)], broken="peer closed"),
+        Observation(200, [("content-type", "application/json")], 0.3, [(0.4, 50)]),
+        Observation(200, SSE, 0.01, spread(5, 0.02, 0.01)),
+    ],
+)
+def test_every_error_verdict_has_the_one_error_style(observation: Observation) -> None:
+    verdict = judge(observation)
+    assert verdict.exit_code == EXIT_ERROR
+    assert ERROR_STYLE.match(verdict.line), verdict.line
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/v1/chat/completions", []),  # nothing listens: cannot reach
+        ("/", ["no colon here"]),  # a bad --header
+    ],
+)
+def test_errors_before_any_answer_have_the_same_style(path: str, headers: list[str]) -> None:
+    """No answer to judge: still one line, in the style of the error verdicts."""
+    out = io.StringIO()
+    url = f"http://127.0.0.1:{free_port()}{path}"
+    assert probe.main(url, headers=headers, timeout=2, out=out) == EXIT_ERROR
+    (line,) = out.getvalue().splitlines()
+    assert ERROR_STYLE.match(line), line

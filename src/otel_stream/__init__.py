@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from otel_stream.middleware import StreamingMiddleware
+from otel_stream.asgi import StreamingMiddleware
 from otel_stream.version import __version__
 
 if TYPE_CHECKING:

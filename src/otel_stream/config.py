@@ -6,12 +6,14 @@ and the default is used instead.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Any, ParamSpec, TypeVar
 
 from opentelemetry.util.http import ExcludeList, parse_excluded_urls
 
@@ -49,9 +51,25 @@ def parse_positive_float(text: str) -> float:
     return value
 
 
+#: What a default means, where the value alone does not say it. ``OTEL_STREAM_ENABLED``
+#: has two: unset is the start-up hook's (no instrumentation at start-up), true the
+#: middleware's (it records).
+_DEFAULT_MEANINGS: dict[tuple[str, object], str] = {
+    (env.OTEL_STREAM_ENABLED, False): (
+        "unset (this process is not instrumented at start-up; a StreamingMiddleware "
+        "added in code records as usual)"
+    ),
+    (env.OTEL_STREAM_ENABLED, True): "true (otel-stream records telemetry)",
+}
+
+
 def _warn(name: str, value: object, error: Exception, default: object) -> None:
+    meaning = _DEFAULT_MEANINGS.get((name, default))
+    if meaning is None:
+        variable = name.startswith("OTEL_")
+        meaning = str(default).lower() if variable and isinstance(default, bool) else repr(default)
     logger.warning(
-        "otel-stream: invalid %s=%r (%s); using the default %r", name, value, error, default
+        "otel-stream: invalid %s=%r (%s); using the default %s", name, value, error, meaning
     )
 
 
@@ -101,133 +119,6 @@ def _excluded(keyword: str | Sequence[str] | None, environ: Mapping[str, str]) -
         return parse_excluded_urls("")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The resolved configuration of one middleware."""
-
-    enabled: bool = True
-    excluded_urls: ExcludeList = field(default_factory=lambda: parse_excluded_urls(""))
-    ttfb_buckets: tuple[float, ...] = buckets.TTFB_BUCKETS
-    duration_buckets: tuple[float, ...] = buckets.DURATION_BUCKETS
-    gap_buckets: tuple[float, ...] = buckets.GAP_BUCKETS
-    chunks_buckets: tuple[float, ...] = buckets.CHUNKS_BUCKETS
-    body_size_buckets: tuple[float, ...] = buckets.BODY_SIZE_BUCKETS
-    time_per_output_token_buckets: tuple[float, ...] = buckets.TIME_PER_OUTPUT_TOKEN_BUCKETS
-    payloads: bool = True
-    payload_max_event_bytes: int = 64 * 1024
-    accel_buffering_header: bool = False
-    cancel_on_disconnect: bool = False
-
-    @property
-    def has_excluded_urls(self) -> bool:
-        """False when no pattern is set: then the URL need not be built at all."""
-        return bool(getattr(self.excluded_urls, "_excluded_urls", True))
-
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        enabled: bool | None = None,
-        excluded_urls: str | Sequence[str] | None = None,
-        ttfb_buckets: Sequence[float] | None = None,
-        duration_buckets: Sequence[float] | None = None,
-        gap_buckets: Sequence[float] | None = None,
-        chunks_buckets: Sequence[float] | None = None,
-        body_size_buckets: Sequence[float] | None = None,
-        time_per_output_token_buckets: Sequence[float] | None = None,
-        payloads: bool | None = None,
-        payload_max_event_bytes: int | None = None,
-        accel_buffering_header: bool | None = None,
-        cancel_on_disconnect: bool | None = None,
-        environ: Mapping[str, str] | None = None,
-    ) -> Settings:
-        environ = os.environ if environ is None else environ
-
-        def histogram(
-            name: str,
-            keyword: Sequence[float] | None,
-            default: tuple[float, ...],
-            keyword_name: str,
-        ) -> tuple[float, ...]:
-            return resolve(
-                name,
-                keyword,
-                buckets.parse_buckets,
-                default,
-                validate=buckets.validate_buckets,
-                environ=environ,
-                keyword_name=keyword_name,
-            )
-
-        def boolean(name: str, keyword: bool | None, default: bool, keyword_name: str) -> bool:
-            return resolve(
-                name,
-                keyword,
-                parse_bool,
-                default,
-                validate=_validate_bool,
-                environ=environ,
-                keyword_name=keyword_name,
-            )
-
-        return cls(
-            enabled=boolean(env.OTEL_STREAM_ENABLED, enabled, True, "enabled"),
-            excluded_urls=_excluded(excluded_urls, environ),
-            ttfb_buckets=histogram(
-                env.OTEL_STREAM_TTFB_BUCKETS, ttfb_buckets, buckets.TTFB_BUCKETS, "ttfb_buckets"
-            ),
-            duration_buckets=histogram(
-                env.OTEL_STREAM_DURATION_BUCKETS,
-                duration_buckets,
-                buckets.DURATION_BUCKETS,
-                "duration_buckets",
-            ),
-            gap_buckets=histogram(
-                env.OTEL_STREAM_GAP_BUCKETS, gap_buckets, buckets.GAP_BUCKETS, "gap_buckets"
-            ),
-            chunks_buckets=histogram(
-                env.OTEL_STREAM_CHUNKS_BUCKETS,
-                chunks_buckets,
-                buckets.CHUNKS_BUCKETS,
-                "chunks_buckets",
-            ),
-            body_size_buckets=histogram(
-                env.OTEL_STREAM_BODY_SIZE_BUCKETS,
-                body_size_buckets,
-                buckets.BODY_SIZE_BUCKETS,
-                "body_size_buckets",
-            ),
-            time_per_output_token_buckets=histogram(
-                env.OTEL_STREAM_TIME_PER_OUTPUT_TOKEN_BUCKETS,
-                time_per_output_token_buckets,
-                buckets.TIME_PER_OUTPUT_TOKEN_BUCKETS,
-                "time_per_output_token_buckets",
-            ),
-            payloads=boolean(env.OTEL_STREAM_PAYLOADS, payloads, True, "payloads"),
-            payload_max_event_bytes=resolve(
-                env.OTEL_STREAM_PAYLOAD_MAX_EVENT_BYTES,
-                payload_max_event_bytes,
-                parse_positive_int,
-                64 * 1024,
-                validate=_validate_positive_int,
-                environ=environ,
-                keyword_name="payload_max_event_bytes",
-            ),
-            accel_buffering_header=boolean(
-                env.OTEL_STREAM_ACCEL_BUFFERING_HEADER,
-                accel_buffering_header,
-                False,
-                "accel_buffering_header",
-            ),
-            cancel_on_disconnect=boolean(
-                env.OTEL_STREAM_CANCEL_ON_DISCONNECT,
-                cancel_on_disconnect,
-                False,
-                "cancel_on_disconnect",
-            ),
-        )
-
-
 def _validate_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -238,3 +129,133 @@ def _validate_positive_int(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     raise ValueError("expected a positive integer")
+
+
+def _setting(
+    variable: str,
+    default: Any,
+    parse: Callable[[str], Any],
+    validate: Callable[[Any], Any],
+) -> Any:
+    """A field of :class:`Settings`: its variable, default, and how text and keywords are read."""
+    return field(
+        default=default, metadata={"variable": variable, "parse": parse, "validate": validate}
+    )
+
+
+def _buckets(variable: str, default: tuple[float, ...]) -> Any:
+    return _setting(variable, default, buckets.parse_buckets, buckets.validate_buckets)
+
+
+def _boolean(variable: str, default: bool) -> Any:
+    return _setting(variable, default, parse_bool, _validate_bool)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration of one middleware: one field per setting.
+
+    Each field's metadata names its ``OTEL_STREAM_*`` variable and its parsers, so a
+    setting is declared once; ``from_options`` resolves every field the same way.
+    """
+
+    enabled: bool = _boolean(env.OTEL_STREAM_ENABLED, True)
+    excluded_urls: ExcludeList = field(
+        default_factory=lambda: parse_excluded_urls(""),
+        metadata={"variable": env.OTEL_STREAM_EXCLUDED_URLS},
+    )
+    ttfb_buckets: tuple[float, ...] = _buckets(env.OTEL_STREAM_TTFB_BUCKETS, buckets.TTFB_BUCKETS)
+    duration_buckets: tuple[float, ...] = _buckets(
+        env.OTEL_STREAM_DURATION_BUCKETS, buckets.DURATION_BUCKETS
+    )
+    gap_buckets: tuple[float, ...] = _buckets(env.OTEL_STREAM_GAP_BUCKETS, buckets.GAP_BUCKETS)
+    chunks_buckets: tuple[float, ...] = _buckets(
+        env.OTEL_STREAM_CHUNKS_BUCKETS, buckets.CHUNKS_BUCKETS
+    )
+    body_size_buckets: tuple[float, ...] = _buckets(
+        env.OTEL_STREAM_BODY_SIZE_BUCKETS, buckets.BODY_SIZE_BUCKETS
+    )
+    time_per_output_token_buckets: tuple[float, ...] = _buckets(
+        env.OTEL_STREAM_TIME_PER_OUTPUT_TOKEN_BUCKETS, buckets.TIME_PER_OUTPUT_TOKEN_BUCKETS
+    )
+    payloads: bool = _boolean(env.OTEL_STREAM_PAYLOADS, True)
+    payload_max_event_bytes: int = _setting(
+        env.OTEL_STREAM_PAYLOAD_MAX_EVENT_BYTES,
+        64 * 1024,
+        parse_positive_int,
+        _validate_positive_int,
+    )
+    accel_buffering_header: bool = _boolean(env.OTEL_STREAM_ACCEL_BUFFERING_HEADER, False)
+    cancel_on_disconnect: bool = _boolean(env.OTEL_STREAM_CANCEL_ON_DISCONNECT, False)
+
+    @property
+    def has_excluded_urls(self) -> bool:
+        """False when no pattern is set: then the URL need not be built at all."""
+        return bool(getattr(self.excluded_urls, "_excluded_urls", True))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The keyword names of every setting."""
+        return tuple(item.name for item in fields(cls))
+
+    @classmethod
+    def from_options(cls, *, environ: Mapping[str, str] | None = None, **keywords: Any) -> Settings:
+        """Resolve every setting: keyword (None: not given) > variable > default."""
+        environ = os.environ if environ is None else environ
+        unknown = sorted(set(keywords) - set(cls.names()))
+        if unknown:
+            raise TypeError(
+                f"unknown otel-stream option {unknown[0]!r}; valid options: "
+                + ", ".join(cls.names())
+            )
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            keyword = keywords.get(item.name)
+            if item.name == "excluded_urls":
+                values[item.name] = _excluded(keyword, environ)
+                continue
+            values[item.name] = resolve(
+                item.metadata["variable"],
+                keyword,
+                item.metadata["parse"],
+                item.default,
+                validate=item.metadata["validate"],
+                environ=environ,
+                keyword_name=item.name,
+            )
+        return cls(**values)
+
+
+P = ParamSpec("P")
+
+
+def explain_unknown_options(init: Callable[P, None]) -> Callable[P, None]:
+    """A constructor whose misspelt keyword is a ``TypeError`` that lists the valid ones.
+
+    Python's own message names the function but not what it accepts; a middleware added
+    with ``app.add_middleware`` fails late (when the stack is built), so the message must
+    say what is wrong by itself.
+    """
+    accepted = frozenset(
+        name
+        for name, parameter in inspect.signature(init).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    )
+
+    @functools.wraps(init)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> None:
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            owner = type(args[0]).__name__ if args else init.__qualname__
+            raise TypeError(
+                f"{owner}() got an unexpected keyword argument {unknown[0]!r}; "
+                f"valid options: {', '.join(sorted(accepted))}"
+            )
+        init(*args, **kwargs)
+
+    return checked
+
+
+def given_settings(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings keywords among a constructor's ``locals()`` (None: not given)."""
+    return {name: arguments[name] for name in Settings.names() if arguments.get(name) is not None}

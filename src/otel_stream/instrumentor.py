@@ -45,9 +45,9 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 
 from otel_stream import environment_variables as env
 from otel_stream import shutdown
-from otel_stream import telemetry as t
+from otel_stream.asgi import ASGIApp, Message, Receive, Scope, Send, StreamingMiddleware
 from otel_stream.config import Settings, parse_bool, parse_positive_float, resolve
-from otel_stream.middleware import ASGIApp, Message, Receive, Scope, Send, StreamingMiddleware
+from otel_stream.guard import log_failure
 from otel_stream.package import _instruments
 
 logger = logging.getLogger("otel_stream")
@@ -213,7 +213,7 @@ def _guarded(where: str, change: Callable[[], None]) -> None:
     try:
         change()
     except Exception as error:
-        t.log_failure(where, error)
+        log_failure(where, error)
 
 
 def _build_middleware_stack(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -221,7 +221,7 @@ def _build_middleware_stack(wrapped: Any, instance: Any, args: Any, kwargs: Any)
     try:
         return instrument_stack(stack)
     except Exception as error:
-        t.log_failure("instrumenting a middleware stack", error)
+        log_failure("instrumenting a middleware stack", error)
         return stack
 
 
@@ -253,7 +253,7 @@ def _granian_callback_wrapper(wrapped: Any, instance: Any, args: Any, kwargs: An
         elif "callback" in kwargs:
             kwargs = {**kwargs, "callback": instrument_served_app(kwargs["callback"])}
     except Exception as error:
-        t.log_failure("instrumenting a granian app", error)
+        log_failure("instrumenting a granian app", error)
     return wrapped(*args, **kwargs)
 
 
@@ -410,7 +410,7 @@ class StreamingInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
-        from otel_stream.autoinstrument import configure_sdk
+        from otel_stream.sdk import configure_sdk
 
         setup = configure_sdk if kwargs.pop("configure_sdk", False) else None
         validate_environment()

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
+from opentelemetry import propagate, trace
 
 from otel_stream import termination
 from otel_stream.demo.model import CHAT_PATH
@@ -182,17 +183,32 @@ def make_scenario(kind: str, rng: random.Random, pace: Pace) -> Scenario:
     return Scenario(kind, headers)
 
 
-def long_stream(pace: Pace, seconds: float) -> Scenario:
-    """One answer that streams for about ``seconds``."""
+def long_stream(pace: Pace, seconds: float, trace_id: int | None = None) -> Scenario:
+    """One answer that streams for about ``seconds``; with ``trace_id``, its request
+    carries that trace's context, so its server spans can be found."""
     tokens = max(pace.tokens, round(seconds / pace.token_interval))
-    return Scenario(
-        "long_stream",
-        {
-            "x-demo-ttft": f"{pace.ttft:.4f}",
-            "x-demo-tokens": str(tokens),
-            "x-demo-token-interval": f"{pace.token_interval:.4f}",
-        },
+    headers = {
+        "x-demo-ttft": f"{pace.ttft:.4f}",
+        "x-demo-tokens": str(tokens),
+        "x-demo-token-interval": f"{pace.token_interval:.4f}",
+    }
+    if trace_id is not None:
+        headers.update(trace_headers(trace_id))
+    return Scenario("long_stream", headers)
+
+
+def trace_headers(trace_id: int) -> dict[str, str]:
+    """Headers that make a request part of trace ``trace_id`` (sampled), written by the
+    global propagator (``traceparent`` unless ``OTEL_PROPAGATORS`` says otherwise)."""
+    parent = trace.SpanContext(
+        trace_id,
+        trace_id & 0xFFFF_FFFF_FFFF_FFFF or 1,
+        is_remote=False,
+        trace_flags=trace.TraceFlags(1),
     )
+    headers: dict[str, str] = {}
+    propagate.inject(headers, context=trace.set_span_in_context(trace.NonRecordingSpan(parent)))
+    return headers
 
 
 def request_body(stream: bool) -> dict[str, object]:

@@ -4,6 +4,11 @@ The demo's listening socket has a small send buffer (accepted connections inheri
 and slow readers a small receive buffer: on loopback the kernel would otherwise absorb
 megabytes before a stalled reader holds the server back, and the demo would have to send
 that much to show backpressure. Token-sized streams are not affected.
+
+Exit status of a run: :data:`EXIT_OK` when every mark of the report is ✓,
+:data:`EXIT_MISMATCH` when one is ✗ (the same 2 that ``probe`` uses for a negative
+verdict), so a script or CI job can rely on ``otel-stream demo`` as a check; the command
+line adds 1 for errors and 130 for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from otel_stream.demo.telemetry import DemoTelemetry, setup
 
 #: Send buffer of the demo server's sockets (bytes).
 DEMO_SNDBUF = 8 * 1024
+#: Exit status when every mark of the report passed.
+EXIT_OK = 0
+#: Exit status when a mark of the report failed.
+EXIT_MISMATCH = 2
 
 
 def build_app(telemetry: DemoTelemetry, behaviour: Behaviour) -> Any:
@@ -100,9 +109,14 @@ class ServerThread:
 
 
 async def drive(
-    base_url: str, plan: load.LoadPlan, on_result: Callable[[load.ClientResult], None]
+    base_url: str,
+    plan: load.LoadPlan,
+    on_result: Callable[[load.ClientResult], None],
+    *,
+    long_stream_trace_id: int | None = None,
 ) -> list[load.ClientResult]:
-    """Run the load of ``plan`` against ``base_url``; returns every client's result."""
+    """Run the load of ``plan`` against ``base_url``; returns every client's result.
+    The long stream's request joins trace ``long_stream_trace_id`` when one is given."""
     rng = random.Random(plan.seed)
     source = load.scenarios(rng, plan.pace)
     results: list[load.ClientResult] = []
@@ -130,26 +144,124 @@ async def drive(
         tasks = [worker() for _ in range(plan.concurrency)]
         if plan.long_stream_seconds > 0 and budget >= 1:
             started += 1
-            tasks.append(run(load.long_stream(plan.pace, plan.long_stream_seconds)))
+            scenario = load.long_stream(plan.pace, plan.long_stream_seconds, long_stream_trace_id)
+            tasks.append(run(scenario))
         await asyncio.gather(*tasks)
     return results
 
 
-def _wait_for_server(telemetry: DemoTelemetry, expected: int, timeout: float = 5.0) -> None:
+def _wait_for_server(
+    telemetry: DemoTelemetry, expected: int, trace_id: int | None, timeout: float = 5.0
+) -> None:
     """The server records a request's end a moment after its client saw it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if report.read_metrics(telemetry.reader).total_terminations >= expected:
+        if report.read_metrics(telemetry.reader).total_terminations >= expected and (
+            trace_id is None or stream_span_seconds(telemetry, trace_id) is not None
+        ):
             return
         time.sleep(0.05)
+
+
+def stream_span_seconds(telemetry: DemoTelemetry, trace_id: int) -> float | None:
+    """The duration of the stream span of trace ``trace_id``, once it has ended."""
+    for span in telemetry.traces.spans(trace_id):
+        if span.name.endswith(" stream") and span.start_time and span.end_time:
+            return (span.end_time - span.start_time) / 1e9
+    return None
+
+
+class LoadProgress:
+    """The terminal's progress bar: requests done of the total (with ``--requests``) or
+    seconds of load done of the total (with ``--seconds``), the time left, and how the
+    requests ended so far. ``clock`` is for tests."""
+
+    def __init__(
+        self, console: Any, plan: load.LoadPlan, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self.plan = plan
+        self.clock = clock
+        self.counts: dict[str, int] = {}
+        self.done = 0
+        self.started = clock()
+        self.by_requests = plan.seconds == math.inf and plan.requests is not None
+        self.progress = Progress(
+            TextColumn("[bold]demo[/]"),
+            BarColumn(bar_width=24),
+            TextColumn("{task.fields[status]}"),
+            TextColumn("[dim]{task.description}[/]"),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
+        )
+        total = plan.requests if self.by_requests else plan.seconds
+        self.task = self.progress.add_task("", total=total, status=self.status())
+
+    def status(self) -> str:
+        """``12/50 requests · 0:07 left`` or ``31 requests · 12/20 s · 0:08 left``."""
+        elapsed = self.clock() - self.started
+        if self.by_requests:
+            total = self.plan.requests or 0
+            text = f"{self.done}/{total} requests"
+            if self.done == 0:
+                return text + " · ?:?? left"
+            left = elapsed / self.done * (total - self.done)
+        else:
+            shown = min(self.plan.seconds, elapsed)
+            plural = "" if self.done == 1 else "s"
+            text = f"{self.done} request{plural} · {shown:.0f}/{self.plan.seconds:g} s"
+            left = self.plan.seconds - elapsed
+        if left <= 0:
+            return text + " · finishing"
+        return text + f" · {int(left) // 60}:{int(left) % 60:02d} left"
+
+    def __enter__(self) -> LoadProgress:
+        self.started = self.clock()
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
+
+    def tick(self) -> None:
+        """Refresh the bar (called a few times a second, and at each result)."""
+        completed = (
+            self.done if self.by_requests else min(self.plan.seconds, self.clock() - self.started)
+        )
+        self.progress.update(self.task, completed=completed, status=self.status())
+
+    def on_result(self, result: load.ClientResult) -> None:
+        """Count one finished request."""
+        self.done += 1
+        self.counts[result.reason] = self.counts.get(result.reason, 0) + 1
+        summary = " · ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
+        self.progress.update(self.task, description=summary)
+        self.tick()
+
+
+async def _drive_with_progress(
+    url: str, plan: load.LoadPlan, view: LoadProgress, trace_id: int | None
+) -> list[load.ClientResult]:
+    async def tick() -> None:
+        while True:
+            view.tick()
+            await asyncio.sleep(0.25)
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        return await drive(url, plan, view.on_result, long_stream_trace_id=trace_id)
+    finally:
+        ticker.cancel()
 
 
 def run_demo(
     plan: load.LoadPlan, *, prometheus_port: int | None = None, as_json: bool = False
 ) -> int:
-    """``otel-stream demo``: serve, drive the load, print the report."""
+    """``otel-stream demo``: serve, drive the load, print the report; returns
+    :data:`EXIT_OK` when every mark passed, else :data:`EXIT_MISMATCH`."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     stderr = Console(stderr=True)
     stdout = Console()
@@ -161,43 +273,24 @@ def run_demo(
     )
     seed = plan.seed if plan.seed is not None else random.randrange(1_000_000)
     plan.seed = seed
-    counts: dict[str, int] = {}
+    trace_id = (random.Random(seed).getrandbits(128) or 1) if plan.long_stream_seconds else None
+    if trace_id is not None:
+        telemetry.traces.watch(trace_id)
     try:
         with ServerThread(
             build_app(telemetry, behaviour), listen(0, send_buffer=DEMO_SNDBUF)
         ) as server:
             if telemetry.prometheus_url:
                 stderr.print(f"Prometheus metrics at {telemetry.prometheus_url}")
-            progress = Progress(
-                TextColumn("[bold]demo[/]"),
-                BarColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.description}"),
-                console=stderr,
-                transient=True,
-                disable=not stderr.is_terminal,
-            )
             if not stderr.is_terminal and not as_json:
                 stderr.print(f"otel-stream demo: driving load against {server.url} ...")
             started = time.perf_counter()
-            with progress:
-                task = progress.add_task(
-                    "", total=plan.seconds if plan.seconds < math.inf else None
-                )
-
-                def on_result(result: load.ClientResult) -> None:
-                    counts[result.reason] = counts.get(result.reason, 0) + 1
-                    summary = " · ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
-                    progress.update(
-                        task,
-                        completed=min(plan.seconds, time.perf_counter() - started),
-                        description=summary,
-                    )
-
-                results = asyncio.run(drive(server.url, plan, on_result))
+            with LoadProgress(stderr, plan) as view:
+                results = asyncio.run(_drive_with_progress(server.url, plan, view, trace_id))
             wall = time.perf_counter() - started
-            _wait_for_server(telemetry, len(results))
+            _wait_for_server(telemetry, len(results), trace_id)
             metrics = report.read_metrics(telemetry.reader)
+            long_stream = stream_span_seconds(telemetry, trace_id) if trace_id else None
     finally:
         telemetry.shutdown()
 
@@ -216,18 +309,24 @@ def run_demo(
             "prometheus": telemetry.prometheus_url,
         },
         first_token_supported=report.TTFT in metrics.histograms,
+        long_stream_seconds=long_stream,
     )
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+        sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
     else:
         report.render(data, stdout)
-    return 0
+    return EXIT_OK if data["ok"] else EXIT_MISMATCH
 
 
-def _json_default(value: object) -> object:
+def _finite(value: Any) -> Any:
+    """``value`` with every infinite float as None (JSON has no infinity)."""
     if isinstance(value, float) and math.isinf(value):
         return None
-    raise TypeError(f"cannot serialise {type(value).__name__}")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def serve(port: int, *, prometheus_port: int | None, behaviour: Behaviour) -> int:

@@ -15,11 +15,16 @@ exporters beside it, as ``opentelemetry-instrument`` would:
 The SDK's own ``_configure`` does the same, but it is private API and it also installs
 global providers; the demo keeps its providers local so the report reads only its own
 data.
+
+Beside the metrics, a :class:`TraceCatcher` keeps the spans of the traces the demo's
+clients start themselves (``traceparent``), and only those: the long stream's row reads
+its stream span.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -33,7 +38,7 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 _PROTOCOLS = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
@@ -81,6 +86,32 @@ def _load(group: str, name: str) -> Any:
     raise ExporterError(f"no {group.replace('_', ' ')} named {name!r}{hint}")
 
 
+class TraceCatcher(SpanProcessor):
+    """Keeps the ended spans of the traces it was told to watch, and no other span."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: set[int] = set()
+        self._spans: dict[int, list[ReadableSpan]] = {}
+
+    def watch(self, trace_id: int) -> None:
+        """Keep the spans of ``trace_id`` from now on."""
+        with self._lock:
+            self._watched.add(trace_id)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is None or context.trace_id not in self._watched:
+            return
+        with self._lock:
+            self._spans.setdefault(context.trace_id, []).append(span)
+
+    def spans(self, trace_id: int) -> list[ReadableSpan]:
+        """The ended spans of ``trace_id`` so far."""
+        with self._lock:
+            return list(self._spans.get(trace_id, ()))
+
+
 @dataclass
 class DemoTelemetry:
     """The SDK providers of a demo run and the readers the report needs."""
@@ -88,6 +119,7 @@ class DemoTelemetry:
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
     reader: InMemoryMetricReader
+    traces: TraceCatcher = field(default_factory=TraceCatcher)
     exporters: list[str] = field(default_factory=list)
     prometheus_url: str | None = None
     prometheus_server: Any = None
@@ -115,6 +147,8 @@ def setup(
         {} if environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: "otel-stream-demo"}
     )
     tracer_provider = TracerProvider(resource=resource)
+    traces = TraceCatcher()
+    tracer_provider.add_span_processor(traces)
     exporters: list[str] = []
     for name in exporter_names("traces", environ):
         span_exporter = _load("opentelemetry_traces_exporter", name)
@@ -150,5 +184,11 @@ def setup(
 
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     return DemoTelemetry(
-        tracer_provider, meter_provider, reader, exporters, prometheus_url, prometheus_server
+        tracer_provider,
+        meter_provider,
+        reader,
+        traces,
+        exporters,
+        prometheus_url,
+        prometheus_server,
     )

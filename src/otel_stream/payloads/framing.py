@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from otel_stream import telemetry
+from otel_stream import guard as telemetry
 from otel_stream.payloads.formats import Interpreter, is_plain_chat_delta
 from otel_stream.payloads.summary import PayloadSummary
 

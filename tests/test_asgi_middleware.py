@@ -1,0 +1,226 @@
+"""The ASGI adapter: forward first, explicit options, the no-SDK warning, reading after a leave."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from otel_stream import StreamingMiddleware
+from otel_stream.asgi import middleware as asgi_middleware
+from otel_stream.config import Settings
+from otel_stream.payloads import make_reader
+from tests.apps import read_body, scope_for, start
+from tests.telemetry_harness import Telemetry
+
+SSE = b"text/event-stream"
+
+
+def chat_event(content: str | None, finish_reason: str | None = None) -> bytes:
+    delta = "{}" if content is None else f'{{"content":"{content}"}}'
+    reason = "null" if finish_reason is None else f'"{finish_reason}"'
+    return (
+        f'data: {{"choices":[{{"index":0,"delta":{delta},"finish_reason":{reason}}}]}}\n\n'
+    ).encode()
+
+
+ANSWER = [chat_event("Hel"), chat_event("lo"), chat_event(None, "stop"), b"data: [DONE]\n\n"]
+
+
+def server_receive() -> Any:
+    """A server's ``receive``: the request once, then nothing until the client leaves."""
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if requests:
+            return requests.pop()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+def sse_app(events: list[bytes], pause: float = 0.0) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await read_body(receive)
+        await start(send, SSE)
+        for event in events:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            if pause:
+                await asyncio.sleep(pause)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return app
+
+
+class SpyReader:
+    """A real payload reader that logs each chunk it is fed into the shared ``log``."""
+
+    def __init__(self, log: list[tuple[str, bytes]], content_type: bytes, *args: Any) -> None:
+        reader = make_reader(content_type, *args)
+        assert reader is not None
+        self.reader = reader
+        self.log = log
+
+    @property
+    def first_token_at(self) -> float | None:
+        return self.reader.first_token_at
+
+    def feed(self, chunk: bytes) -> None:
+        self.log.append(("read", chunk))
+        self.reader.feed(chunk)
+
+    def finish(self) -> Any:
+        return self.reader.finish()
+
+
+def test_the_server_has_each_message_before_the_reader_sees_its_bytes(
+    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log: list[tuple[str, bytes]] = []
+    monkeypatch.setattr(asgi_middleware, "make_reader", lambda *args: SpyReader(log, *args))
+
+    async def server_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            log.append(("sent", message["body"]))
+        await asyncio.sleep(0)  # a real server's send yields to the loop
+
+    app = StreamingMiddleware(sse_app(ANSWER), **telemetry.providers)
+    asyncio.run(app(scope_for("/chat"), server_receive(), server_send))
+
+    assert [kind for kind, _ in log] == ["sent", "read"] * len(ANSWER)
+    assert [chunk for _, chunk in log[::2]] == ANSWER  # the first byte and every later chunk
+    stream = telemetry.span("GET stream")
+    assert stream.attributes["http.stream.termination_reason"] == "completed"
+    assert stream.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+
+
+def test_the_first_token_is_timed_when_its_chunk_was_handed_over(telemetry: Telemetry) -> None:
+    """Reading after the send must not add the send's duration to time to first token."""
+
+    async def slow_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            await asyncio.sleep(0.05)  # a slow client: backpressure on every chunk
+
+    app = StreamingMiddleware(sse_app(ANSWER), **telemetry.providers)
+    asyncio.run(app(scope_for("/chat"), server_receive(), slow_send))
+    request = telemetry.span("GET")
+    ttfb = request.attributes["http.stream.time_to_first_byte"]
+    assert request.attributes["http.stream.time_to_first_token"] == pytest.approx(ttfb, abs=1e-6)
+
+
+def test_a_misspelt_option_names_the_middleware_and_lists_the_valid_ones() -> None:
+    with pytest.raises(TypeError) as raised:
+        StreamingMiddleware(sse_app([]), excluded_url="/health")  # type: ignore[call-arg]
+    message = str(raised.value)
+    assert message.startswith("StreamingMiddleware() got an unexpected keyword argument")
+    assert "'excluded_url'" in message
+    for name in (*Settings.names(), "tracer_provider", "server_request_hook"):
+        assert name in message
+
+
+def test_a_misspelt_option_given_to_add_middleware_says_the_same() -> None:
+    app = Starlette(middleware=[Middleware(StreamingMiddleware, excluded_url="/health")])
+    with pytest.raises(TypeError, match=r"StreamingMiddleware\(\).*valid options: .*excluded_urls"):
+        app.build_middleware_stack()
+
+
+def test_the_middleware_takes_every_setting_as_an_explicit_keyword() -> None:
+    parameters = inspect.signature(StreamingMiddleware.__init__).parameters.values()
+    keywords = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    assert keywords == {
+        *Settings.names(),
+        "tracer_provider",
+        "meter_provider",
+        "server_request_hook",
+    }
+
+
+NO_SDK_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, logging, sys
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
+    if sys.argv[1] == "sdk":
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+        trace.set_tracer_provider(TracerProvider())
+        metrics.set_meter_provider(MeterProvider())
+    from otel_stream import StreamingMiddleware
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "scheme": "http"}
+    print("built")
+    middlewares = [StreamingMiddleware(app), StreamingMiddleware(app)]
+    for middleware in middlewares * 2:
+        asyncio.run(middleware(scope, receive, send))
+    print("served")
+    """
+)
+
+
+@pytest.mark.parametrize(("sdk", "warnings"), [("none", 1), ("sdk", 0)])
+def test_without_an_sdk_the_first_request_warns_once_per_process(sdk: str, warnings: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", NO_SDK_SCRIPT, sdk],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0] == "built"  # no warning at construction: an SDK may still come
+    assert lines[-1] == "served"
+    warned = [line for line in lines if "no OpenTelemetry SDK is configured" in line]
+    assert len(warned) == warnings, result.stdout
+    if warned:
+        assert "otel-stream[otlp]" in warned[0]
+
+
+def test_after_the_client_left_nothing_more_is_counted_or_read(telemetry: Telemetry) -> None:
+    """Chunks, events and finish reasons describe what the client received."""
+    left = asyncio.Event()
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if requests:
+            return requests.pop()
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    sent = 0
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal sent
+        if message["type"] == "http.response.body" and message.get("body"):
+            sent += 1
+            if sent == 2:
+                left.set()  # uvicorn's send then returns silently: the client is gone
+
+    events = [chat_event("a"), chat_event("b"), chat_event("c"), chat_event(None, "stop")]
+    app = StreamingMiddleware(
+        sse_app([*events, b"data: [DONE]\n\n"], pause=0.02), **telemetry.providers
+    )
+    asyncio.run(app(scope_for("/chat"), receive, send))
+    stream = telemetry.span("GET stream")
+    assert stream.attributes["http.stream.termination_reason"] == "client_disconnect"
+    assert stream.attributes["http.stream.chunks"] == 2
+    assert stream.attributes["http.stream.events"] == 2
+    assert "gen_ai.response.finish_reasons" not in stream.attributes
