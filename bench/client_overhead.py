@@ -52,8 +52,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from otel_stream.clients import StreamingClientInstrumentor
 from otel_stream.clients import instrumentor as client_instrumentor
-from otel_stream.clients.telemetry import ClientTelemetry
 from otel_stream.config import Settings
+from otel_stream.recorder import CLIENT, Recorder
 
 BARE = "bare httpx.Client (baseline)"
 CONTRIB = "contrib httpx instrumentation"
@@ -175,17 +175,22 @@ class Providers:
 
 @dataclass
 class Row:
-    """A client and the otel-stream telemetry active while it runs (None: not ours)."""
+    """A client and the otel-stream recorder active while it runs (None: not ours)."""
 
     client: httpx.Client
-    telemetry: ClientTelemetry | None
+    recorder: Recorder | None
 
 
 def make_rows(pool: MemoryPool, providers: Providers) -> dict[str, Row]:
     original_send = vars(httpx.Client)["send"]
     StreamingClientInstrumentor().instrument(**providers.kwargs)
-    with_payloads = client_instrumentor._state.telemetry
-    without_payloads = ClientTelemetry(Settings.from_options(payloads=False), **providers.kwargs)
+    with_payloads = client_instrumentor._state.recorder
+    without_payloads = Recorder(
+        Settings.from_options(payloads=False),
+        providers.tracer_provider,
+        providers.meter_provider,
+        CLIENT,
+    )
 
     class BareClient(httpx.Client):
         send = original_send  # the class attribute otel-stream patched, unpatched
@@ -215,7 +220,7 @@ def call(client: httpx.Client, workload: Workload) -> bytes:
 
 
 def time_block(row: Row, workload: Workload) -> int:
-    client_instrumentor._state.telemetry = row.telemetry or client_instrumentor._state.telemetry
+    client_instrumentor._state.recorder = row.recorder or client_instrumentor._state.recorder
     client = row.client
     gc.collect()
     gc.disable()
@@ -236,7 +241,7 @@ def time_block(row: Row, workload: Workload) -> int:
 
 def check(name: str, row: Row, workload: Workload, providers: Providers) -> None:
     """One call: the same bytes as the bare client, and every chunk counted."""
-    client_instrumentor._state.telemetry = row.telemetry or client_instrumentor._state.telemetry
+    client_instrumentor._state.recorder = row.recorder or client_instrumentor._state.recorder
     exporter = providers.exporter
     providers.flush()
     exporter.keep, exporter.kept = True, []
@@ -245,7 +250,7 @@ def check(name: str, row: Row, workload: Workload, providers: Providers) -> None
     exporter.keep = False
     if body != workload.body:
         raise AssertionError(f"{name}: the caller read other bytes than the bare client")
-    if row.telemetry is not None and workload.streamed:
+    if row.recorder is not None and workload.streamed:
         streams = [span for span in exporter.kept if span.name.endswith(" stream")]
         chunks = (streams[0].attributes or {}).get("http.stream.chunks") if streams else None
         if chunks != len(workload.chunks):

@@ -129,7 +129,8 @@ def _forwarded(request: Request) -> dict[str, str]:
 
 def relay_app(upstream: str) -> Starlette:
     """An OpenAI-compatible gateway that passes an upstream stream on, three ways:
-    ``/openai/v1``, ``/httpx/v1`` and ``/aiohttp/v1`` are its base URLs."""
+    ``/openai/v1``, ``/httpx/v1`` and ``/aiohttp/v1`` are its base URLs; ``/twice/v1``
+    makes a JSON call before the stream and can hold the stream back."""
 
     async def with_openai(request: Request) -> Response:
         import openai
@@ -189,8 +190,36 @@ def relay_app(upstream: str) -> Starlette:
 
         return StreamingResponse(body(), media_type="text/event-stream")
 
+    async def look_up_then_relay(request: Request) -> Response:
+        """A JSON call first (not a stream: it does not count for the hop), then the
+        stream, held back ``x-relay-delay`` seconds before its first chunk goes on."""
+        import httpx
+
+        delay = float(request.headers.get("x-relay-delay", "0"))
+        client = httpx.AsyncClient()
+        (await client.get(upstream + "/v1/models")).raise_for_status()
+        upstream_request = client.build_request(
+            "POST", upstream + "/v1/chat/completions", json=CHAT_BODY, headers=_forwarded(request)
+        )
+        response = await client.send(upstream_request, stream=True)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                first = True
+                async for chunk in response.aiter_raw():
+                    if first:
+                        await asyncio.sleep(delay)
+                        first = False
+                    yield chunk
+            finally:
+                await response.aclose()
+                await client.aclose()
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
     return Starlette(
         routes=[
+            Route("/twice/v1/chat/completions", look_up_then_relay, methods=["POST"]),
             Route("/openai/v1/chat/completions", with_openai, methods=["POST"]),
             Route("/httpx/v1/chat/completions", with_httpx, methods=["POST"]),
             Route("/aiohttp/v1/chat/completions", with_aiohttp, methods=["POST"]),

@@ -326,18 +326,18 @@ def test_a_telemetry_failure_never_reaches_the_caller(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from otel_stream import guard
-    from otel_stream.clients.telemetry import ClientTelemetry
+    from otel_stream.recorder import Record
 
     monkeypatch.setattr(guard, "_logged", set())  # this test sees the first failure logged
 
     def broken(*args: object) -> None:
         raise RuntimeError("telemetry bug")
 
-    monkeypatch.setattr(ClientTelemetry, "record_end", broken)
+    monkeypatch.setattr(Record, "_record_end", broken)
     answers = [stream_chat(upstream) for _ in range(2)]
 
     assert all(answer.strip().startswith("A streaming answer") for answer in answers)
-    failures = [r for r in caplog.records if "telemetry failed in client end" in r.getMessage()]
+    failures = [r for r in caplog.records if "telemetry failed in request end" in r.getMessage()]
     assert len(failures) == 1  # logged once per kind
     # whatever failed, every span ended and the active counter is balanced
     assert sorted(clients.names()) == ["POST", "POST", "POST stream", "POST stream"]

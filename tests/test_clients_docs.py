@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import Histogram
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
-from otel_stream import termination
-from otel_stream.clients.telemetry import CLIENT_HISTOGRAMS, GEN_AI_HISTOGRAMS, ClientTelemetry
+from otel_stream import recorder, termination
 from otel_stream.config import Settings
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "clients.md").read_text("utf-8")
+
+#: Server-side measurements the client's instruments table has but never records.
+SERVER_ONLY = ("send_wait", "hop_time_to_first_byte")
 
 
 def table_rows(text: str) -> dict[str, list[str]]:
@@ -27,6 +31,12 @@ def table_rows(text: str) -> dict[str, list[str]]:
     return rows
 
 
+def client_instruments(provider: MeterProvider) -> dict[str, Any]:
+    meter = recorder.get_meter(provider)
+    instruments = vars(recorder.Instruments(meter, Settings.from_options(), recorder.CLIENT))
+    return {key: value for key, value in instruments.items() if key not in SERVER_ONLY}
+
+
 def exported_names() -> dict[str, str]:
     """Prometheus name of every client instrument, from the real exporter."""
     registry = CollectorRegistry()
@@ -34,12 +44,12 @@ def exported_names() -> dict[str, str]:
         metric_readers=[PrometheusMetricReader(registry=registry)], shutdown_on_exit=False
     )
     try:
-        telemetry = ClientTelemetry(Settings.from_options(), meter_provider=provider)
-        instruments = telemetry.instruments
-        for row in CLIENT_HISTOGRAMS:
-            getattr(instruments, row.attribute).record(1.0, {"instrument": row.name})
-        instruments.terminations.add(1, {"instrument": "http.client.stream.terminations"})
-        telemetry.active.add(1, {"instrument": "http.client.stream.active"})
+        for instrument in client_instruments(provider).values():
+            tag = {"instrument": instrument.name}
+            if isinstance(instrument, Histogram):
+                instrument.record(1.0, tag)
+            else:
+                instrument.add(1, tag)
         exposition = generate_latest(registry).decode()
     finally:
         provider.shutdown()
@@ -52,9 +62,19 @@ def exported_names() -> dict[str, str]:
 
 
 CLIENT_INSTRUMENTS = [
-    *(row.name for row in CLIENT_HISTOGRAMS),
-    "http.client.stream.terminations",
-    "http.client.stream.active",
+    instrument.name
+    for instrument in client_instruments(MeterProvider(shutdown_on_exit=False)).values()
+]
+GEN_AI_INSTRUMENTS = [
+    instrument
+    for instrument in vars(
+        recorder.GenAiInstruments(
+            recorder.get_meter(MeterProvider(shutdown_on_exit=False)),
+            Settings.from_options(),
+            recorder.CLIENT,
+        )
+    ).values()
+    if instrument is not None
 ]
 
 
@@ -64,10 +84,14 @@ def test_every_client_instrument_is_documented_with_its_prometheus_name(name: st
     assert row[3] == f"`{exported_names()[name]}`"
 
 
-@pytest.mark.parametrize("row", GEN_AI_HISTOGRAMS, ids=lambda row: row.name)
-def test_every_gen_ai_instrument_is_documented(row: object) -> None:
-    cells = table_rows(DOC)[f"`{row.name}`"]  # type: ignore[attr-defined]
-    assert cells[1] == f"`{row.unit}`"  # type: ignore[attr-defined]
+@pytest.mark.parametrize("instrument", GEN_AI_INSTRUMENTS, ids=lambda item: item.name)
+def test_every_gen_ai_instrument_is_documented(instrument: Histogram) -> None:
+    cells = table_rows(DOC)[f"`{instrument.name}`"]
+    assert cells[1] == f"`{instrument.unit}`"
+
+
+def test_the_server_only_instruments_are_never_recorded_by_a_client() -> None:
+    assert all(f"`http.client.stream.{name}`" not in DOC for name in ("send_wait", "hop"))
 
 
 @pytest.mark.parametrize("reason", termination.CLIENT_REASONS)

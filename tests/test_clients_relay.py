@@ -99,6 +99,31 @@ def test_a_relayed_stream(telemetry: Telemetry, relay: str, upstream: str, kind:
     # the caller's own call to the relay, recorded by the same instrumentation
     caller_stream = by_port(spans, "POST stream", port_of(relay))
     assert caller_stream.attributes["http.stream.termination_reason"] == "completed"
+    # the hop: the relay's server span knows its upstream's first byte
+    upstream_ttfb = upstream_request.attributes["http.stream.time_to_first_byte"]
+    assert server.attributes["http.stream.upstream.time_to_first_byte"] == upstream_ttfb
+    (hop,) = telemetry.points("http.server.stream.hop.time_to_first_byte")
+    server_ttfb = server.attributes["http.stream.time_to_first_byte"]
+    assert hop.count == 1
+    assert 0 <= hop.sum <= server_ttfb - upstream_ttfb + 0.005  # the relay's own part
+    assert hop.sum < TTFT / 2  # the model's wait is not the hop's
+
+
+def test_the_hop_is_what_the_relay_held_back(telemetry: Telemetry, relay: str) -> None:
+    delay = 0.3
+    answer = ask(relay, "twice", **{"x-demo-ttft": "0.05", "x-relay-delay": str(delay)})
+
+    assert answer.strip().startswith("A streaming answer")
+    spans = telemetry.spans()
+    server = next(span for span in spans if span.kind is SpanKind.SERVER)
+    (hop,) = telemetry.points("http.server.stream.hop.time_to_first_byte")
+    assert delay <= hop.sum < delay + 0.2
+    # the JSON look-up before the stream does not count: the stream's first byte does
+    upstream_ttfb = server.attributes["http.stream.upstream.time_to_first_byte"]
+    assert upstream_ttfb >= 0.05
+    streams = [span for span in spans if span.name == "POST stream"]
+    upstream_stream = next(s for s in streams if s.attributes["server.port"] != port_of(relay))
+    assert upstream_stream.attributes["http.stream.time_to_first_byte"] == upstream_ttfb
 
 
 @pytest.mark.parametrize("kind", ["httpx", "aiohttp"])

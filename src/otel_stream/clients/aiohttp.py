@@ -26,8 +26,8 @@ from opentelemetry import context
 from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 
 from otel_stream.clients.call import ClientCall
-from otel_stream.clients.telemetry import ClientTelemetry
 from otel_stream.guard import failsafe
+from otel_stream.recorder import Recorder
 
 
 def traced_by_opentelemetry(session: Any) -> bool:
@@ -138,11 +138,11 @@ def _iterator(read: Callable[[], Awaitable[bytes]]) -> Any:
     return AsyncStreamIterator(read)
 
 
-def request_wrapper(telemetry: Callable[[], ClientTelemetry | None]) -> Callable[..., Any]:
+def request_wrapper(recorder: Callable[[], Recorder | None]) -> Callable[..., Any]:
     """The wrapt wrapper of ``ClientSession._request``."""
 
     async def request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        current = telemetry()
+        current = recorder()
         if current is None or not is_http_instrumentation_enabled() or len(args) < 2:
             return await wrapped(*args, **kwargs)
         call = None
@@ -155,7 +155,7 @@ def request_wrapper(telemetry: Callable[[], ClientTelemetry | None]) -> Callable
                 url.host or "",
                 url.port,
                 url.path,
-                caller_streams=False,
+                streams=False,
                 nested=traced_by_opentelemetry(instance),
             )
             if not call.nested:

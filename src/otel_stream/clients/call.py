@@ -1,20 +1,23 @@
 """One outgoing call, from the request to the end of the body its caller reads.
 
 The HTTP client adapters (``httpx.py``, ``aiohttp.py``) know how a library sends a
-request and hands its body to the caller; this module knows what a call is: it feeds
-the shared :class:`~otel_stream.exchange.Exchange` and records the spans and metrics.
+request and hands its body to the caller. :class:`ClientCall` is what they share: it
+feeds the core's :class:`~otel_stream.exchange.Exchange` the events they report and
+tells the exchange's :class:`~otel_stream.recorder.Record` (the client side of the
+recorder) when the response started, when the first byte came and how the call ended.
 
 Choices made on purpose (read before "fixing"):
 
 * **Where the first byte is.** The first non-empty body chunk the *caller's read*
   returns, not the response headers: contrib's HTTP client instrumentations end their
-  span there, which is the moment an LLM gateway has learned nothing yet. For an
-  upstream that streams tokens the wait for the first chunk is the model's time to
-  first token.
+  span there, which is the moment an LLM gateway has learned nothing yet. For SSE, a
+  chunk of comments only (``: ping``) is not it, as on the server side.
 * **Forward first.** Each chunk goes to the caller before otel-stream counts it or
-  reads its payload. Only the first chunk's clock value is noted before it is handed
-  over (two stores into the exchange), so that a relay's server exchange knows its
-  upstream's first byte when it forwards that chunk (the hop).
+  reads its payload: an adapter notes the chunk (:meth:`arrived`, or two stores on the
+  per-chunk path) before handing it over and calls :meth:`settle` once the caller has
+  it. Only up to the first byte is the exchange told before the hand-over, so that a
+  relay's server exchange knows its upstream's first byte when it forwards that chunk
+  (the hop); spans and metrics still come after.
 * **Which responses are streams.** SSE and NDJSON, a body without a
   ``Content-Length`` (chunked or until-close), or a body the caller asked to stream
   (httpx's ``stream=True``, ``Client.stream()``, every SDK's streaming call). Those get
@@ -23,13 +26,13 @@ Choices made on purpose (read before "fixing"):
   read, and no stream metrics.
 * **The end.** The caller read the end of the body (``completed``, or ``incomplete``
   when an LLM format's end marker is missing); closed or dropped the response first
-  (``consumer_closed`` -- but ``completed`` once an LLM format's end marker was read:
+  (``consumer_closed``, but ``completed`` once an LLM format's end marker was read:
   the OpenAI SDK closes its response at ``data: [DONE]`` without draining it); the
-  connection ended before the body did (``server_disconnect``); any other read error
+  connection ended before the body did (``server_disconnect``); any other failure
   (``error``, with ``error.type``).
 * **One CLIENT span.** Under another instrumentation's CLIENT span (the anthropic
   SDK's call span) or above one (contrib's httpx and aiohttp instrumentations start
-  theirs inside, one per attempt), otel-stream's request span is INTERNAL and leaves
+  theirs inside, once per attempt), otel-stream's request span is INTERNAL and leaves
   the trace headers to the owner of the CLIENT span; alone, it is the CLIENT span and
   injects the trace context with the global propagator, as contrib does.
 """
@@ -40,16 +43,18 @@ from collections.abc import Callable
 from time import perf_counter, time_ns
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind
 from opentelemetry.util.http import sanitize_method
 
 from otel_stream import attributes as a
 from otel_stream import termination
-from otel_stream.clients.telemetry import ClientTelemetry
 from otel_stream.exchange import Exchange, Phase, current_exchange
+from otel_stream.guard import failsafe
 from otel_stream.payloads import PayloadReader, PayloadSummary, make_reader
+from otel_stream.payloads.events import sse_chunk_has_event
+from otel_stream.recorder import Record, Recorder
 
 #: Media types whose bodies are streams, whatever else the response says.
 STREAMING_TYPES = (
@@ -58,6 +63,9 @@ STREAMING_TYPES = (
     b"application/jsonl",
     b"application/json-lines",
 )
+_SSE = b"text/event-stream"
+#: The HTTP conventions' attribute; here without the query, the fragment or user info.
+URL_FULL = "url.full"
 
 HeaderGetter = Callable[[str], "str | None"]
 
@@ -77,95 +85,90 @@ def is_client_span(span: Span) -> bool:
 
 
 class ClientCall:
-    """The telemetry of one outgoing call: its exchange, spans, payload reader.
+    """The exchange, record and payload reader of one outgoing call.
 
     Args:
-        telemetry: The instrumentor's tracer, instruments and settings.
+        recorder: The instrumentor's client-side recorder.
         method: The request method, as sent.
         scheme, host, port, path: The parts of the URL that may reach telemetry (the
             query, the fragment and any user info never do).
-        caller_streams: The caller asked for the body as a stream.
-        nested: Another instrumentation's CLIENT span is around or inside this call.
+        streams: The caller asked for the body as a stream (the response may still say so).
+        nested: Another instrumentation's CLIENT span will be inside this call.
     """
 
     __slots__ = (
-        "active_attributes",
-        "caller_streams",
-        "context",
         "ended",
         "exchange",
-        "first_byte_done",
-        "method",
-        "metric_attributes",
+        "first_byte_recorded",
         "nested",
         "pending",
         "pending_at",
+        "pending_counted",
         "reader",
-        "request_span",
-        "started_at_ns",
-        "status",
-        "stream_span",
-        "streamed",
-        "telemetry",
+        "record",
+        "sse",
+        "streams",
         "upstream_of",
     )
 
     def __init__(
         self,
-        telemetry: ClientTelemetry,
+        recorder: Recorder,
         method: str,
         scheme: str,
         host: str,
         port: int | None,
         path: str,
         *,
-        caller_streams: bool,
+        streams: bool,
         nested: bool,
     ) -> None:
-        self.telemetry = telemetry
         self.exchange = Exchange(perf_counter())
-        self.started_at_ns = time_ns()
-        self.method = sanitize_method(method)
-        self.caller_streams = caller_streams
-        self.streamed = caller_streams
+        start_ns = time_ns()
+        #: The body is a stream: it gets a stream span.
+        self.streams = streams
         self.nested = nested or is_client_span(trace.get_current_span())
-        self.status: int | None = None
         self.reader: PayloadReader | None = None
-        self.stream_span: Span | None = None
+        self.sse = False
         self.ended = False
+        #: The chunk handed to the caller and not counted yet, and when it arrived.
         self.pending: bytes | None = None
         self.pending_at = 0.0
-        self.first_byte_done = False
+        #: The pending chunk was counted before the hand-over (up to the first byte).
+        self.pending_counted = False
+        self.first_byte_recorded = False
         #: The server exchange this call runs in (a relay), told of its first byte.
         self.upstream_of: Exchange | None = current_exchange.get()
-        self.metric_attributes: dict[str, Any] = {
-            a.HTTP_REQUEST_METHOD: self.method,
-            a.SERVER_ADDRESS: host,
-        }
+        method = sanitize_method(method)
+        metric_attributes: dict[str, Any] = {a.HTTP_REQUEST_METHOD: method, a.SERVER_ADDRESS: host}
         if port is not None:
-            self.metric_attributes[a.SERVER_PORT] = port
-        span_attributes: dict[str, Any] = {
-            **self.metric_attributes,
-            a.URL_FULL: url_without_query(scheme, host, port, path),
+            metric_attributes[a.SERVER_PORT] = port
+        span_attributes = {
+            **metric_attributes,
+            URL_FULL: url_without_query(scheme, host, port, path),
         }
-        self.request_span = telemetry.tracer.start_span(
-            self.method,
+        self.record: Record = recorder.start(
+            self.exchange,
+            method=method,
+            start_ns=start_ns,
+            parent=otel_context.get_current(),
             kind=SpanKind.INTERNAL if self.nested else SpanKind.CLIENT,
-            attributes=span_attributes,
-            start_time=self.started_at_ns,
+            span_attributes=span_attributes,
+            metric_attributes=metric_attributes,
         )
-        self.context: Context = trace.set_span_in_context(self.request_span)
-        #: The active counter's attributes: no status (it is not known while waiting).
-        self.active_attributes = {**self.metric_attributes, a.PHASE: termination.PHASE_WAITING}
-        telemetry.active.add(1, self.active_attributes)
+
+    @property
+    def context(self) -> otel_context.Context:
+        """The context with the request span current (for the request being sent)."""
+        return self.record.context
 
     # Events, in the order they happen ----------------------------------------------
 
     def inject(self, headers: Any) -> None:
         """Write the trace context into the outgoing ``headers`` if this is the CLIENT span."""
         if not self.nested:
-            with self.telemetry.guard("client trace context"):
-                propagate.inject(headers, context=self.context)
+            with failsafe("client trace context"):
+                propagate.inject(headers, context=self.record.context)
 
     def response(
         self,
@@ -180,89 +183,73 @@ class ClientCall:
         ``decoded`` is true when the chunks the caller reads are already content-decoded
         (aiohttp), so a compressed SSE body can still be read.
         """
-        with self.telemetry.guard("client response"):
-            self.status = status
-            self.metric_attributes[a.HTTP_RESPONSE_STATUS_CODE] = status
-            span = self.request_span
-            span.set_attribute(a.HTTP_RESPONSE_STATUS_CODE, status)
-            if http_version:
-                span.set_attribute(a.NETWORK_PROTOCOL_VERSION, http_version.rsplit("/", 1)[-1])
-            if status >= 400:
-                span.set_attribute(a.ERROR_TYPE, str(status))
-                span.set_status(Status(StatusCode.ERROR))
+        with failsafe("client response"):
             content_type = (header("content-type") or "").lower().encode("latin-1", "replace")
             media_type = content_type.split(b";", 1)[0].strip()
+            self.sse = media_type == _SSE
             if media_type in STREAMING_TYPES or header("content-length") is None:
-                self.streamed = True
-            settings = self.telemetry.settings
+                self.streams = True
+            settings = self.record.recorder.settings
             encoding = (header("content-encoding") or "identity").strip().lower()
             if settings.payloads and (decoded or encoding == "identity"):
                 self.reader = make_reader(
-                    content_type, settings.payload_max_event_bytes, perf_counter
+                    content_type, settings.payload_max_event_bytes, self.chunk_clock
                 )
+            version = http_version.rsplit("/", 1)[-1] if http_version else None
+            self.record.response_started(
+                status, {a.NETWORK_PROTOCOL_VERSION: version} if version else None
+            )
 
     def arrived(self, chunk: bytes, at: float) -> None:
         """A non-empty chunk is about to be handed to the caller: note it, count it later.
 
-        Only stores, so the caller gets the chunk at once; :meth:`settle` counts it once
-        the caller has it. The first chunk's time also goes to the exchange (and to a
-        relay's server exchange, for the hop) here, before the relay can forward it.
+        Up to the first byte the exchange is told now (the first byte, or an SSE chunk
+        of comments before it), and a relay's server exchange learns the first byte's
+        time, before the relay can forward it.
         """
         if self.pending is not None:
             self.settle()
         self.pending = chunk
         self.pending_at = at
         exchange = self.exchange
-        if exchange.first_byte_at is None:
-            exchange.first_byte(at, at, 0, final=False)
-            upstream_of = self.upstream_of
-            if upstream_of is not None and self.streamed:
-                upstream_of.upstream_first_byte(at, at - exchange.started_at)
+        if exchange.phase is not Phase.WAITING:
+            return
+        self.pending_counted = True
+        if self.sse and not sse_chunk_has_event(chunk):
+            exchange.raw_chunk(at, len(chunk))
+            return
+        exchange.first_byte(at, at, len(chunk), more=self.streams)
+        upstream_of = self.upstream_of
+        if upstream_of is not None and self.streams:
+            upstream_of.upstream_first_byte(at, at - exchange.started_at)
 
     def settle(self) -> None:
         """Count the chunk the caller now has (the per-chunk path).
 
-        An adapter may note a later chunk itself (``pending_at``, then ``pending``)
-        instead of calling :meth:`arrived`: only the first chunk needs more.
+        An adapter may note a chunk after the first byte itself (``pending_at``, then
+        ``pending``) instead of calling :meth:`arrived`.
         """
         chunk = self.pending
         if chunk is None:
             return
         self.pending = None
-        at = self.pending_at
-        self.exchange.chunk(at, at, len(chunk))
+        if self.pending_counted:
+            self.pending_counted = False
+        else:
+            at = self.pending_at
+            self.exchange.chunk(at, at, len(chunk))
         reader = self.reader
         if reader is not None:
             reader.feed(chunk)
-        if not self.first_byte_done:
-            self.first_byte_done = True
-            self.first_byte(at)
-
-    def first_byte(self, at: float) -> None:
-        """The caller has the first chunk: end the request span, start the stream's."""
-        with self.telemetry.guard("client first byte"):
-            ttfb = at - self.exchange.started_at
-            span = self.request_span
-            span.set_attribute(a.STREAM_TIME_TO_FIRST_BYTE, ttfb)
-            self.telemetry.instruments.time_to_first_byte.record(ttfb, self.metric_attributes)
-            if not self.streamed:
-                return
-            at_ns = self.started_at_ns + int(ttfb * 1e9)
-            self.stream_span = self.telemetry.tracer.start_span(
-                f"{self.method} stream",
-                context=self.context,
-                kind=SpanKind.INTERNAL,
-                start_time=at_ns,
-                attributes=dict(self.metric_attributes),
+        if not self.first_byte_recorded and self.exchange.first_byte_at is not None:
+            self.first_byte_recorded = True
+            self.record.first_byte(
+                self.exchange, reader.first_token_at if reader is not None else None
             )
-            span.end(end_time=at_ns)
-            active = self.telemetry.active
-            active.add(-1, self.active_attributes)
-            self.active_attributes = {
-                **self.active_attributes,
-                a.PHASE: termination.PHASE_STREAMING,
-            }
-            active.add(1, self.active_attributes)
+
+    def chunk_clock(self) -> float:
+        """The payload reader's clock: when the chunk being read arrived."""
+        return self.exchange.last_chunk_at
 
     def end(self, *, error: BaseException | None = None, body_complete: bool = False) -> None:
         """The call is over: the body ended, the caller closed it, or a read failed.
@@ -272,29 +259,20 @@ class ClientCall:
         if self.ended:
             return
         self.ended = True
-        with self.telemetry.guard("client end"):
+        exchange = self.exchange
+        now = perf_counter()
+        reason = termination.ERROR
+        summary: PayloadSummary | None = None
+        with failsafe("client end"):
             self.settle()
-            now = perf_counter()
-            exchange = self.exchange
             if body_complete:
                 exchange.complete(now, now)
-            summary: PayloadSummary | None = None
             if self.reader is not None:
                 summary = self.reader.finish()
-            reason = termination.classify_client(
-                error=error,
-                body_complete=exchange.phase is Phase.COMPLETE,
-                payload_truncated=summary is not None and summary.truncated,
-                payload_whole=summary is not None
-                and summary.format is not None
-                and not summary.truncated,
+            recognised = summary is not None and summary.format is not None
+            truncated = summary is not None and summary.truncated
+            reason = exchange.client_outcome(
+                error, payload_truncated=truncated, payload_whole=recognised and not truncated
             )
-            exchange.end(now)
-            self.telemetry.record_end(self, reason, error, summary)
-        with self.telemetry.guard("client span end"):
-            span = self.stream_span if self.stream_span is not None else self.request_span
-            if span.is_recording():
-                ended = self.exchange.ended_at - self.exchange.started_at
-                span.end(end_time=self.started_at_ns + int(ended * 1e9))
-        with self.telemetry.guard("client active counter"):
-            self.telemetry.active.add(-1, self.active_attributes)
+        exchange.end(now)
+        self.record.end(exchange, reason, error, summary)

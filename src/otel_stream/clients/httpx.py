@@ -30,8 +30,8 @@ from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.util.http import get_excluded_urls
 
 from otel_stream.clients.call import ClientCall
-from otel_stream.clients.telemetry import ClientTelemetry
 from otel_stream.guard import failsafe
+from otel_stream.recorder import Recorder
 
 _OPENTELEMETRY = "opentelemetry.instrumentation."
 
@@ -59,7 +59,7 @@ def _excluded_by_contrib(url: str) -> bool:
 
 
 def start_call(
-    telemetry: ClientTelemetry, client: Any, request: Any, stream: bool, handler: str
+    recorder: Recorder, client: Any, request: Any, stream: bool, handler: str
 ) -> ClientCall | None:
     """A call for ``request`` sent by ``client``, its trace headers injected; None on failure."""
     with failsafe("httpx request start"):
@@ -67,13 +67,13 @@ def start_call(
         transport = client._transport_for_url(url)
         nested = wrapped_by_opentelemetry(transport, handler) and not _excluded_by_contrib(str(url))
         call = ClientCall(
-            telemetry,
+            recorder,
             request.method,
             url.scheme,
             url.host,
             url.port,
             url.path,
-            caller_streams=stream,
+            streams=stream,
             nested=nested,
         )
         call.inject(request.headers)
@@ -183,18 +183,18 @@ def stream_classes(module: ModuleType) -> tuple[type[Any], type[Any]]:
 
 
 def send_wrappers(
-    module: ModuleType, telemetry: Callable[[], ClientTelemetry | None]
+    module: ModuleType, recorder: Callable[[], Recorder | None]
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The wrapt wrappers of ``Client.send`` and ``AsyncClient.send`` for ``module``.
 
-    ``telemetry`` returns the active instrumentor's telemetry, or None once it was
+    ``recorder`` returns the active instrumentor's recorder, or None once it was
     uninstrumented (a wrapper still installed by someone else's later patch then passes
     every call through).
     """
     sync_stream, async_stream = stream_classes(module)
 
     def send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        current = telemetry()
+        current = recorder()
         request = args[0] if args else kwargs.get("request")
         if current is None or request is None or not is_http_instrumentation_enabled():
             return wrapped(*args, **kwargs)
@@ -220,7 +220,7 @@ def send_wrappers(
         return response
 
     async def async_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        current = telemetry()
+        current = recorder()
         request = args[0] if args else kwargs.get("request")
         if current is None or request is None or not is_http_instrumentation_enabled():
             return await wrapped(*args, **kwargs)

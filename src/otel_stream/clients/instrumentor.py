@@ -28,8 +28,8 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 
 from otel_stream import environment_variables as env
-from otel_stream.clients.telemetry import ClientTelemetry
 from otel_stream.config import Settings, parse_bool, resolve
+from otel_stream.recorder import CLIENT, Recorder
 
 logger = logging.getLogger("otel_stream")
 
@@ -43,7 +43,7 @@ class _State:
     """What the client instrumentor has done to this process."""
 
     def __init__(self) -> None:
-        self.telemetry: ClientTelemetry | None = None
+        self.recorder: Recorder | None = None
         #: module name -> [(owner, attribute, original, wrapper)]
         self.patched: dict[str, list[tuple[Any, str, Any, Any]]] = {}
         self.hooked: set[str] = set()
@@ -53,21 +53,21 @@ class _State:
 _state = _State()
 
 
-def _telemetry() -> ClientTelemetry | None:
-    return _state.telemetry
+def _recorder() -> Recorder | None:
+    return _state.recorder
 
 
 def _httpx_targets(module: ModuleType) -> list[tuple[Any, str, Callable[..., Any]]]:
     from otel_stream.clients.httpx import send_wrappers
 
-    send, async_send = send_wrappers(module, _telemetry)
+    send, async_send = send_wrappers(module, _recorder)
     return [(module.Client, "send", send), (module.AsyncClient, "send", async_send)]
 
 
 def _aiohttp_targets(module: ModuleType) -> list[tuple[Any, str, Callable[..., Any]]]:
     from otel_stream.clients.aiohttp import request_wrapper
 
-    return [(module.ClientSession, "_request", request_wrapper(_telemetry))]
+    return [(module.ClientSession, "_request", request_wrapper(_recorder))]
 
 
 #: module -> the (owner, attribute, wrapper) patches it gets.
@@ -82,7 +82,7 @@ def _patch_module(module: ModuleType) -> None:
     """Apply the patches of ``module`` if the instrumentor is active; idempotent."""
     name = module.__name__
     with _state.lock:
-        if _state.telemetry is None or name in _state.patched:
+        if _state.recorder is None or name in _state.patched:
             return
         applied: list[tuple[Any, str, Any, Any]] = []
         try:
@@ -159,14 +159,15 @@ class StreamingClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             logger.debug("otel-stream: %s is false; not instrumenting", env.OTEL_STREAM_ENABLED)
             return
         settings_options = {key: value for key, value in kwargs.items() if key not in _OWN_KEYWORDS}
-        telemetry = ClientTelemetry(
+        recorder = Recorder(
             Settings.from_options(**settings_options),  # a wrong keyword fails here
-            tracer_provider=kwargs.get("tracer_provider"),
-            meter_provider=kwargs.get("meter_provider"),
+            kwargs.get("tracer_provider"),
+            kwargs.get("meter_provider"),
+            CLIENT,
             provider_name=kwargs.get("provider_name"),
         )
         with _state.lock:
-            _state.telemetry = telemetry
+            _state.recorder = recorder
             for name in _TARGETS:
                 module = sys.modules.get(name)
                 if module is not None:
@@ -178,5 +179,5 @@ class StreamingClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _uninstrument(self, **kwargs: Any) -> None:
         with _state.lock:
-            _state.telemetry = None
+            _state.recorder = None
             _unpatch_all()
