@@ -202,3 +202,75 @@ def test_contrib_starlette_instrumentor_owns_it(instrumented: Telemetry) -> None
     lines = trace_of(app, instrumented, 3)
     assert lines[0].endswith("(SERVER, opentelemetry.instrumentation.starlette)")
     assert lines[1] == f"  {ROUTE} (INTERNAL, otel_stream)"
+
+
+# Wrapped by hand, from outside: app = StreamingMiddleware(app) ----------------------
+
+
+def plain_chat_app() -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        for i in range(3):
+            await send(
+                {"type": "http.response.body", "body": f"data: {i}\n\n".encode(), "more_body": True}
+            )
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def test_wrapping_a_fastapi_app_from_outside_nests_under_its_telemetry(
+    telemetry: Telemetry,
+) -> None:
+    app = StreamingMiddleware(
+        fastapi_app(telemetry=dict(telemetry.providers)), **telemetry.providers
+    )
+    lines = trace_of(app, telemetry, 5)
+    assert lines[0] == f"{ROUTE} (SERVER, fastapi)"
+    assert f"  {ROUTE} (INTERNAL, otel_stream)" in lines
+    assert sum("otel_stream" in line for line in lines) == 2
+
+
+def test_wrapping_a_fastapi_app_with_telemetry_off_owns_the_server_span(
+    telemetry: Telemetry,
+) -> None:
+    inner = fastapi_app(telemetry={**telemetry.providers, "tracing": False})
+    app = StreamingMiddleware(inner, **telemetry.providers)
+    lines = trace_of(app, telemetry, 2)
+    assert lines[0] == f"{ROUTE} (SERVER, otel_stream)"
+    assert lines[-1] == f"  {ROUTE} stream (INTERNAL, otel_stream)"
+
+
+def test_both_readme_lines_together_instrument_once(telemetry: Telemetry) -> None:
+    inner = fastapi_app(telemetry=dict(telemetry.providers))
+    inner.add_middleware(StreamingMiddleware, **telemetry.providers)
+    app = StreamingMiddleware(inner, **telemetry.providers)
+    lines = trace_of(app, telemetry, 5)
+    assert lines[0] == f"{ROUTE} (SERVER, fastapi)"
+    assert sum("otel_stream" in line for line in lines) == 2
+
+
+def test_wrapping_a_started_starlette_app_from_outside(telemetry: Telemetry) -> None:
+    inner = Starlette(routes=[Route("/chat/{room}", chat)])
+    inner.middleware_stack = inner.build_middleware_stack()  # as after its first request
+    app = StreamingMiddleware(inner, **telemetry.providers)
+    assert trace_of(app, telemetry, 2) == [
+        f"{ROUTE} (SERVER, otel_stream)",
+        f"  {ROUTE} stream (INTERNAL, otel_stream)",
+    ]
+
+
+def test_wrapping_a_plain_asgi_app(telemetry: Telemetry) -> None:
+    app = StreamingMiddleware(plain_chat_app(), **telemetry.providers)
+    assert trace_of(app, telemetry, 2) == [
+        "GET (SERVER, otel_stream)",
+        "  GET stream (INTERNAL, otel_stream)",
+    ]

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
 from otel_stream.asgi.types import Message, Receive
+from otel_stream.exchange import Exchange, Phase
 from otel_stream.guard import log_failure
 
 DISCONNECT = "http.disconnect"
@@ -45,8 +45,8 @@ class DisconnectWatcher:
 
     Args:
         server_receive: The server's ``receive``.
-        on_disconnect: Called with the clock value when an ``http.disconnect`` arrives.
-        done: True once the response is complete (no need to watch any more).
+        state: The exchange: told when the client leaves, asked whether the response is
+            complete. (The state, not the middleware: no reference cycle.)
         cancel_on_disconnect: Cancel the app's task when the client leaves.
     """
 
@@ -56,27 +56,24 @@ class DisconnectWatcher:
         "cancel_on_disconnect",
         "cancelled_app",
         "changed",
-        "done",
         "finished",
         "handle",
         "inbox",
-        "on_disconnect",
         "request_body_complete",
         "seen_disconnect",
         "server_receive",
+        "state",
         "task",
     )
 
     def __init__(
         self,
         server_receive: Receive,
-        on_disconnect: Callable[[float], None],
-        done: Callable[[], bool],
+        state: Exchange,
         cancel_on_disconnect: bool,
     ) -> None:
         self.server_receive = server_receive
-        self.on_disconnect = on_disconnect
-        self.done = done
+        self.state = state
         self.cancel_on_disconnect = cancel_on_disconnect
         try:
             self.app_task: asyncio.Task[Any] | None = asyncio.current_task()
@@ -113,7 +110,7 @@ class DisconnectWatcher:
                 self.request_body_complete = True
         elif kind == DISCONNECT:
             self.seen_disconnect = True
-            self.on_disconnect(perf_counter())
+            self.state.left(perf_counter())
 
     def watch_soon(self) -> None:
         """Start the watcher at the app's first pause after ``WATCH_AFTER``."""
@@ -123,6 +120,11 @@ class DisconnectWatcher:
             self.handle = self.app_task.get_loop().call_later(WATCH_AFTER, self._start)
         except Exception as error:
             log_failure("disconnect watcher", error)
+
+    @property
+    def done(self) -> bool:
+        """The response is complete: there is nothing left to watch for."""
+        return self.state.phase is Phase.COMPLETE
 
     def stop(self) -> None:
         """The app returned or raised: no more watching."""
@@ -164,7 +166,7 @@ class DisconnectWatcher:
             or self.finished
             or self.app_receiving  # the app reads receive itself: it will see the disconnect
             or self.seen_disconnect
-            or self.done()
+            or self.done
         ):
             return
         try:
@@ -184,8 +186,8 @@ class DisconnectWatcher:
                 kind = message.get("type")
                 if kind == DISCONNECT:
                     self.seen_disconnect = True
-                    self.on_disconnect(perf_counter())
-                    if self.cancel_on_disconnect and self.app_task and not self.done():
+                    self.state.left(perf_counter())
+                    if self.cancel_on_disconnect and self.app_task and not self.done:
                         self.cancelled_app = True
                         self.app_task.cancel()
                     return
@@ -203,7 +205,7 @@ class DisconnectWatcher:
         assert changed is not None
         while not self.inbox:
             if self.task is None or self.task.done():
-                if self.seen_disconnect or self.done():
+                if self.seen_disconnect or self.done:
                     return {"type": DISCONNECT}
                 return await self.server_receive()
             changed.clear()

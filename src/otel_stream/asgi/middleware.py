@@ -25,12 +25,17 @@ Choices made on purpose (read before "fixing"):
 * **Nothing per chunk.** A 2,000-token answer is 2,000 body messages. Per message the
   middleware does two clock reads, a few integer adds and the awaited ``send``; spans and
   metrics are touched at the first byte and at the end only.
+* **Given a Starlette or FastAPI app** (``app = StreamingMiddleware(app)``), the
+  middleware does its work inside the app's middleware stack, where ``add_middleware``
+  would put it: FastAPI's built-in telemetry starts its SERVER span from the request
+  headers whatever span is current, so wrapping from outside would make two traces.
 * **Disconnects** are seen by a watcher that reads ``receive`` on the app's behalf
   without stealing messages: see :mod:`otel_stream.asgi.disconnect`.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from time import perf_counter, time_ns
 from typing import Any, cast
@@ -151,12 +156,21 @@ class StreamingMiddleware:
             self._active = False
         if self._active:
             shutdown.register(tracer_provider, meter_provider)
+        #: Given a Starlette or FastAPI app, the work is done inside its stack.
+        self.moved_inside = self._active and _move_inside(app, self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.moved_inside and scope["type"] == "http":
+            await self.app(scope, receive, send)  # the app's stack calls `serve`
+            return
+        await self.serve(self.app, scope, receive, send)
+
+    async def serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """Instrument one exchange of ``app``."""
         if scope["type"] != "http" or not self._active or SCOPE_KEY in scope:
             if scope["type"] == "lifespan" and self._active:
                 send = _flushing_lifespan_send(send)
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
             return
         scope[SCOPE_KEY] = True
         responder = None
@@ -167,11 +181,53 @@ class StreamingMiddleware:
                 url = get_host_port_url_tuple(scope)[2]  # type: ignore[no-untyped-call]
                 excluded = settings.excluded_urls.url_disabled(url)
             if not excluded:
-                responder = _Responder(self, scope, receive, send)
+                responder = _Responder(self, app, scope, receive, send)
         if responder is None:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
         else:
             await responder.run()
+
+
+class _InsideStack:
+    """Where a ``StreamingMiddleware`` given a Starlette app does its work: in the stack."""
+
+    def __init__(self, app: ASGIApp, outer: StreamingMiddleware) -> None:
+        self.app = app
+        self.outer = outer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.outer.serve(self.app, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _move_inside(app: ASGIApp, middleware: StreamingMiddleware) -> bool:
+    """Put ``middleware``'s work inside a Starlette or FastAPI app's middleware stack.
+
+    FastAPI's built-in telemetry (and Starlette's ``OpenTelemetryMiddleware``) start
+    their SERVER span from the request headers whatever span is current, so a
+    middleware wrapped around the app from outside would start a second trace. Inside
+    the stack, directly below ``ServerErrorMiddleware`` (where ``add_middleware`` puts
+    it), the request span is their INTERNAL child, or the SERVER span when they are off.
+    Returns False, leaving the app wrapped from outside, for any other app.
+    """
+    starlette = sys.modules.get("starlette.applications")
+    if starlette is None or not isinstance(app, starlette.Starlette):
+        return False
+    with failsafe("placing the middleware in the app's stack"):
+        stack = app.middleware_stack
+        if stack is None:
+            from starlette.middleware import Middleware
+
+            app.user_middleware.insert(0, Middleware(_InsideStack, outer=middleware))
+            return True
+        if type(stack).__name__ == "ServerErrorMiddleware" and callable(
+            getattr(stack, "app", None)
+        ):
+            stack.app = _InsideStack(stack.app, middleware)  # built already: insert in place
+            return True
+    return False
 
 
 def _flushing_lifespan_send(send: Send) -> Send:
@@ -242,12 +298,17 @@ class _Responder:
     )
 
     def __init__(
-        self, middleware: StreamingMiddleware, scope: Scope, receive: Receive, send: Send
+        self,
+        middleware: StreamingMiddleware,
+        app: ASGIApp,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         started_at = perf_counter()
         start_ns = time_ns()
         self.middleware = middleware
-        self.app = middleware.app
+        self.app = app
         self.scope = scope
         self.server_send = send
         self.state = state = Exchange(started_at)
@@ -259,9 +320,7 @@ class _Responder:
         #: Fed every chunk after it was sent, until the client leaves.
         self.reader: PayloadReader | None = None
         settings = middleware.settings
-        self.watcher = DisconnectWatcher(
-            receive, state.left, self.response_complete, settings.cancel_on_disconnect
-        )
+        self.watcher = DisconnectWatcher(receive, state, settings.cancel_on_disconnect)
         method, span_attributes, metric_attributes = _request_attributes(middleware, scope)
         parent, kind = server_parent(
             lambda: extract_context(scope, asgi_getter, scope.get("headers") or ())
@@ -310,7 +369,8 @@ class _Responder:
             context.detach(token)
 
     async def send(self, message: Message) -> None:
-        if self.state.phase is _STREAMING and message["type"] == _BODY:
+        state = self.state
+        if state.phase is _STREAMING and message["type"] == _BODY:
             # The per-chunk path: forward, then count and read.
             at = perf_counter()
             try:
@@ -319,14 +379,13 @@ class _Responder:
                 self.send_raised(error, at, message)
                 raise
             sent_at = perf_counter()
-            state = self.state
             body = message.get("body", b"")
             if body:
                 state.chunk(at, sent_at, len(body))
             else:
                 state.empty_send(at, sent_at)
             if not message.get("more_body", False):
-                self.body_ended(at, sent_at)
+                self.body_ended(at, sent_at)  # before reading: it may forgive a late leave
             if body and self.reader is not None and not state.peer_left:
                 self.reader.feed(body)
             return
@@ -379,7 +438,7 @@ class _Responder:
                 content_type, settings.payload_max_event_bytes, self.chunk_clock
             )
         record = self.record
-        record.found_route(route_of(self.scope))
+        self.learn_route()
         headers = None
         middleware = self.middleware
         if middleware.response_headers:
@@ -428,13 +487,18 @@ class _Responder:
         if body and reader is not None and not state.peer_left:
             reader.feed(body)
         if first_byte:
-            self.record.found_route(route_of(self.scope))
+            self.learn_route()
             self.record.first_byte(state, reader.first_token_at if reader is not None else None)
 
     def body_ended(self, at: float, sent_at: float) -> None:
         self.body_complete = True
         if not self.trailers_expected:
             self.state.complete(at, sent_at)
+
+    def learn_route(self) -> None:
+        """The route template, once the app has routed the request."""
+        if self.record.route is None:
+            self.record.found_route(route_of(self.scope))
 
     def response_complete(self) -> bool:
         return self.state.phase is Phase.COMPLETE
@@ -472,7 +536,7 @@ class _Responder:
             summary = self.summary()
             truncated = summary is not None and summary.truncated
             reason = state.outcome(error, payload_truncated=truncated)
-            self.record.found_route(route_of(self.scope))
+            self.learn_route()
         state.end(now)
         self.record.end(state, reason, error, summary)
 
