@@ -105,11 +105,28 @@ async def echo_trace_headers(request: Request) -> Response:
     return StreamingResponse(body(), media_type="text/event-stream")
 
 
+async def without_done(request: Request) -> Response:
+    """An OpenAI-style stream that ends cleanly without ``data: [DONE]``: truncated."""
+    chunk = {
+        "id": "chatcmpl-cut",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "demo",
+        "choices": [{"index": 0, "delta": {"content": "Half an"}, "finish_reason": None}],
+    }
+
+    async def events() -> AsyncIterator[bytes]:
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 def upstream_app(behaviour: Behaviour | None = None) -> Starlette:
     """The fake model with the extra endpoints of this module."""
     app = create_app(behaviour or Behaviour(tokens=6, ttft=0.05, token_interval=0.005))
     app.router.routes.append(Route("/v1/messages", anthropic_messages, methods=["POST"]))
     app.router.routes.append(Route("/echo", echo_trace_headers, methods=["GET", "POST"]))
+    app.router.routes.append(Route("/without-done", without_done, methods=["POST"]))
     return app
 
 

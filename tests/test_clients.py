@@ -342,3 +342,13 @@ def test_a_telemetry_failure_never_reaches_the_caller(
     # whatever failed, every span ended and the active counter is balanced
     assert sorted(clients.names()) == ["POST", "POST", "POST stream", "POST stream"]
     assert all(point.value == 0 for point in clients.points("http.client.stream.active"))
+
+
+def test_a_stream_without_its_end_marker_is_incomplete(clients: Telemetry, upstream: str) -> None:
+    with httpx.Client() as client:
+        body = client.post(upstream + "/without-done").content
+
+    assert body.startswith(b"data: ")
+    stream = clients.span("POST stream")
+    assert stream.attributes["http.stream.termination_reason"] == "incomplete"
+    assert stream.attributes["error.type"] == "incomplete"

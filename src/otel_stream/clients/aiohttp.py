@@ -174,6 +174,7 @@ def request_wrapper(recorder: Callable[[], Recorder | None]) -> Callable[..., An
             raise
         finally:
             context.detach(token)
+        response.content = ObservedContent(response.content, call)
         with failsafe("aiohttp response"):
             version = response.version
             call.response(
@@ -182,7 +183,6 @@ def request_wrapper(recorder: Callable[[], Recorder | None]) -> Callable[..., An
                 f"{version.major}.{version.minor}" if version else None,
                 decoded=True,
             )
-            response.content = ObservedContent(response.content, call)
         return response
 
     return request

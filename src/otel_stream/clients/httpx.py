@@ -20,6 +20,7 @@ response it returns. Choices made on purpose:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 from time import perf_counter
 from types import ModuleType
@@ -27,7 +28,7 @@ from typing import Any
 
 from opentelemetry import context
 from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
-from opentelemetry.util.http import get_excluded_urls
+from opentelemetry.util.http import ExcludeList, get_excluded_urls
 
 from otel_stream.clients.call import ClientCall
 from otel_stream.guard import failsafe
@@ -46,15 +47,20 @@ def wrapped_by_opentelemetry(target: Any, method: str) -> bool:
         if wrapper is None:
             return False
         module = getattr(getattr(wrapper, "func", wrapper), "__module__", None) or ""
-        if module.startswith(_OPENTELEMETRY) and not module.startswith("otel_stream"):
+        if module.startswith(_OPENTELEMETRY):
             return True
         function = getattr(function, "__wrapped__", None)
     return False
 
 
+@functools.lru_cache(maxsize=1)
+def _contrib_excluded_urls() -> ExcludeList | None:
+    return get_excluded_urls("HTTPX")  # read once, as contrib does when it instruments
+
+
 def _excluded_by_contrib(url: str) -> bool:
     """Contrib's httpx instrumentation records nothing for its excluded URLs."""
-    excluded = get_excluded_urls("HTTPX")
+    excluded = _contrib_excluded_urls()
     return excluded is not None and bool(excluded.url_disabled(url))
 
 
@@ -83,9 +89,9 @@ def start_call(
 
 def observe_response(call: ClientCall, response: Any, stream_class: Callable[..., Any]) -> None:
     """Headers arrived: tell the call, and put the counting stream in front of the body."""
+    response.stream = stream_class(response.stream, call)
     with failsafe("httpx response"):
         call.response(response.status_code, response.headers.get, response.http_version)
-        response.stream = stream_class(response.stream, call)
 
 
 def stream_classes(module: ModuleType) -> tuple[type[Any], type[Any]]:
