@@ -79,6 +79,7 @@ def test_openai_stream_is_split_at_the_first_byte(clients: Telemetry, upstream: 
     assert stream.attributes["gen_ai.request.stream"] is True
     assert stream.attributes["gen_ai.response.time_to_first_chunk"] >= TTFT
     assert stream.attributes["http.stream.chunks"] >= 5
+    assert "http.stream.send_wait" not in stream.attributes  # a client has no backpressure
     counts = clients.counts("http.client.stream.terminations", "http.stream.termination_reason")
     assert counts == {("completed",): 1}
     assert clients.counts("http.client.stream.duration", "http.response.status_code") == {(200,): 1}
@@ -352,3 +353,33 @@ def test_a_stream_without_its_end_marker_is_incomplete(clients: Telemetry, upstr
     stream = clients.span("POST stream")
     assert stream.attributes["http.stream.termination_reason"] == "incomplete"
     assert stream.attributes["error.type"] == "incomplete"
+
+
+def test_a_refused_connection_is_an_error_while_waiting(telemetry: Telemetry) -> None:
+    from tests.servers import free_port
+
+    instrumentor = StreamingClientInstrumentor()
+    instrumentor.instrument(**telemetry.providers)
+    try:
+        with httpx.Client() as client, pytest.raises(httpx.ConnectError):
+            client.get(f"http://127.0.0.1:{free_port()}/nothing-listens")
+    finally:
+        instrumentor.uninstrument()
+
+    (span,) = telemetry.spans()
+    assert span.attributes["http.stream.termination_reason"] == "error"
+    assert span.attributes["error.type"] == "ConnectError"
+    assert telemetry.counts("http.client.stream.terminations", "http.stream.phase") == {
+        ("waiting",): 1
+    }
+
+
+def test_a_client_error_status_marks_the_request_span(clients: Telemetry, upstream: str) -> None:
+    with httpx.Client() as client:
+        assert client.get(upstream + "/no-such-path").status_code == 404
+
+    span = clients.span("GET")
+    assert span.attributes["error.type"] == "404"
+    assert not span.status.is_ok
+    assert span.attributes["http.stream.termination_reason"] == "completed"
+    assert "http.stream.send_wait" not in span.attributes

@@ -613,10 +613,11 @@ class Record:
                     a.STREAM_CHUNKS: exchange.chunks,
                     a.STREAM_BYTES: exchange.bytes,
                     a.STREAM_MAX_CHUNK_GAP: exchange.max_chunk_gap,
-                    a.STREAM_SEND_WAIT: exchange.send_wait,
                     a.STREAM_TIME_TO_FIRST_BYTE: exchange.time_to_first_byte or 0.0,
                 }
             )
+            if self.recorder.side.backpressure:
+                stream_span.set_attribute(a.STREAM_SEND_WAIT, exchange.send_wait)
             status = metric_attributes.get(a.HTTP_RESPONSE_STATUS_CODE)
             if status is not None:
                 stream_span.set_attribute(a.HTTP_RESPONSE_STATUS_CODE, status)
