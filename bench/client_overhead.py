@@ -32,12 +32,13 @@ How it measures (read before changing):
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import statistics
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
@@ -77,6 +78,8 @@ class Workload:
     chunks: list[bytes]
     calls: int
     streamed: bool
+    #: Read with ``httpx.AsyncClient`` (``aiter_raw``) instead of ``httpx.Client``.
+    asynchronous: bool = False
 
     @property
     def body(self) -> bytes:
@@ -93,6 +96,19 @@ class MemoryPool:
         workload = self.workload
         assert workload is not None
         return httpcore.Response(200, headers=workload.headers, content=iter(workload.chunks))
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        workload = self.workload
+        assert workload is not None
+
+        async def body() -> AsyncIterator[bytes]:
+            for chunk in workload.chunks:
+                yield chunk
+
+        return httpcore.Response(200, headers=workload.headers, content=body())
+
+    async def aclose(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -122,9 +138,10 @@ def openai_events(chunks: int) -> list[bytes]:
     return events
 
 
-def sse_stream(chunks: int, calls: int) -> Workload:
+def sse_stream(chunks: int, calls: int, *, asynchronous: bool = False) -> Workload:
     headers = [(b"content-type", b"text/event-stream"), (b"transfer-encoding", b"chunked")]
-    return Workload("sse", headers, openai_events(chunks), calls, True)
+    name = "async sse" if asynchronous else "sse"
+    return Workload(name, headers, openai_events(chunks), calls, True, asynchronous)
 
 
 def json_answer(calls: int) -> Workload:
@@ -178,11 +195,13 @@ class Row:
     """A client and the otel-stream recorder active while it runs (None: not ours)."""
 
     client: httpx.Client
+    async_client: httpx.AsyncClient
     recorder: Recorder | None
 
 
 def make_rows(pool: MemoryPool, providers: Providers) -> dict[str, Row]:
     original_send = vars(httpx.Client)["send"]
+    original_async_send = vars(httpx.AsyncClient)["send"]
     StreamingClientInstrumentor().instrument(**providers.kwargs)
     with_payloads = client_instrumentor._state.recorder
     without_payloads = Recorder(
@@ -195,6 +214,9 @@ def make_rows(pool: MemoryPool, providers: Providers) -> dict[str, Row]:
     class BareClient(httpx.Client):
         send = original_send  # the class attribute otel-stream patched, unpatched
 
+    class BareAsyncClient(httpx.AsyncClient):
+        send = original_async_send
+
     def client(cls: type[httpx.Client], contrib: bool) -> httpx.Client:
         transport = httpx.HTTPTransport()
         transport._pool = pool  # type: ignore[assignment]
@@ -203,20 +225,54 @@ def make_rows(pool: MemoryPool, providers: Providers) -> dict[str, Row]:
             HTTPXClientInstrumentor.instrument_client(made, **providers.kwargs)
         return made
 
+    def async_client(cls: type[httpx.AsyncClient], contrib: bool) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport()
+        transport._pool = pool  # type: ignore[assignment]
+        made = cls(transport=transport)
+        if contrib:
+            HTTPXClientInstrumentor.instrument_client(made, **providers.kwargs)
+        return made
+
+    def row(ours: bool, contrib: bool, recorder: Recorder | None) -> Row:
+        return Row(
+            client(httpx.Client if ours else BareClient, contrib),
+            async_client(httpx.AsyncClient if ours else BareAsyncClient, contrib),
+            recorder,
+        )
+
     return {
-        BARE: Row(client(BareClient, False), None),
-        CONTRIB: Row(client(BareClient, True), None),
-        OTEL_STREAM: Row(client(httpx.Client, False), with_payloads),
-        NO_PAYLOADS: Row(client(httpx.Client, False), without_payloads),
-        BOTH: Row(client(httpx.Client, True), with_payloads),
+        BARE: row(False, False, None),
+        CONTRIB: row(False, True, None),
+        OTEL_STREAM: row(True, False, with_payloads),
+        NO_PAYLOADS: row(True, False, without_payloads),
+        BOTH: row(True, True, with_payloads),
     }
 
 
-def call(client: httpx.Client, workload: Workload) -> bytes:
+LOOP = asyncio.new_event_loop()
+
+
+def call(row: Row, workload: Workload) -> bytes:
+    if workload.asynchronous:
+
+        async def read() -> bytes:
+            async with row.async_client.stream("GET", URL) as response:
+                return b"".join([chunk async for chunk in response.aiter_raw()])
+
+        return LOOP.run_until_complete(read())
     if not workload.streamed:
-        return client.get(URL).content
-    with client.stream("GET", URL) as response:
+        return row.client.get(URL).content
+    with row.client.stream("GET", URL) as response:
         return b"".join(response.iter_raw())
+
+
+async def time_async(client: httpx.AsyncClient, calls: int) -> int:
+    started = perf_counter_ns()
+    for _ in range(calls):
+        async with client.stream("GET", URL) as response:
+            async for _chunk in response.aiter_raw():
+                pass
+    return perf_counter_ns() - started
 
 
 def time_block(row: Row, workload: Workload) -> int:
@@ -225,6 +281,8 @@ def time_block(row: Row, workload: Workload) -> int:
     gc.collect()
     gc.disable()
     try:
+        if workload.asynchronous:
+            return LOOP.run_until_complete(time_async(row.async_client, workload.calls))
         started = perf_counter_ns()
         if workload.streamed:
             for _ in range(workload.calls):
@@ -245,7 +303,7 @@ def check(name: str, row: Row, workload: Workload, providers: Providers) -> None
     exporter = providers.exporter
     providers.flush()
     exporter.keep, exporter.kept = True, []
-    body = call(row.client, workload)
+    body = call(row, workload)
     providers.flush()
     exporter.keep = False
     if body != workload.body:
@@ -263,16 +321,7 @@ def measure(
     pool.workload = workload
     for name, row in rows.items():
         check(name, row, workload, providers)
-        time_block(
-            row,
-            Workload(
-                workload.name,
-                workload.headers,
-                workload.chunks,
-                max(1, workload.calls // 4),
-                workload.streamed,
-            ),
-        )
+        time_block(row, replace(workload, calls=max(1, workload.calls // 4)))  # warm-up
     result: dict[str, list[float]] = {name: [] for name in rows}
     for index in range(rounds):
         shift = index % len(ROWS)
@@ -288,18 +337,18 @@ def added(result: dict[str, list[float]], name: str) -> tuple[float, float]:
     return middle, statistics.median(abs(value - middle) for value in values)
 
 
-def server_side_per_chunk(chunks: int, calls: int, rounds: int) -> float | None:
-    """ns the server middleware adds per chunk of the same byte stream, or None."""
+def server_side_per_chunk(chunks: int, calls: int, rounds: int) -> tuple[float, float] | None:
+    """ns the server middleware adds per chunk of a byte stream and of an OpenAI SSE
+    stream of as many chunks (bench/overhead.py's workloads), or None."""
     try:
-        import asyncio
-
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import overhead
 
-        result = asyncio.run(
-            overhead.measure(overhead.byte_stream(chunks, calls), overhead.Providers(), rounds)
-        )
-        return float(result.added(overhead.OTEL_STREAM)[0]) / chunks
+        per_chunk = []
+        for workload in (overhead.byte_stream(chunks, calls), overhead.sse_stream(chunks, calls)):
+            result = asyncio.run(overhead.measure(workload, overhead.Providers(), rounds))
+            per_chunk.append(float(result.added(overhead.OTEL_STREAM)[0]) / chunks)
+        return per_chunk[0], per_chunk[1]
     except Exception as error:  # the server bench changed: report without it
         print(f"(server side not measured: {error!r})", file=sys.stderr)
         return None
@@ -318,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads = [
         byte_stream(chunks, stream_calls),
         sse_stream(chunks, stream_calls),
+        sse_stream(chunks, stream_calls, asynchronous=True),
         json_answer(json_calls),
     ]
     results = {
@@ -328,46 +378,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     contrib_request = added(results["request"], CONTRIB)[0] / 1_000
     print(f"httpx {httpx.__version__}, Python {sys.version.split()[0]}, {rounds} rounds")
     print()
-    print(
-        "| client | per chunk, byte stream (ns) | per chunk, OpenAI SSE (ns) "
-        "| per request, JSON answer (µs) | per chunk vs contrib | per request vs contrib |"
+    columns = (
+        ("stream", "per chunk, byte stream (ns)", chunks, 0),
+        ("sse", "per chunk, OpenAI SSE (ns)", chunks, 0),
+        ("async sse", "per chunk, OpenAI SSE, AsyncClient (ns)", chunks, 0),
+        ("request", "per request, JSON answer (µs)", 1_000, 1),
     )
-    print("|---|---|---|---|---|---|")
+    print(
+        "| client | "
+        + " | ".join(title for _, title, _, _ in columns)
+        + " | per chunk vs contrib | per request vs contrib |"
+    )
+    print("|---" * (len(columns) + 3) + "|")
     for name in ROWS:
         if name == BARE:
-            own = [
-                statistics.median(results["stream"][BARE]) / chunks,
-                statistics.median(results["sse"][BARE]) / chunks,
-                statistics.median(results["request"][BARE]) / 1_000,
+            cells = [
+                f"{statistics.median(results[key][BARE]) / unit:,.{digits}f} (its own cost)"
+                for key, _, unit, digits in columns
             ]
-            print(
-                f"| {name} | {own[0]:,.0f} (its own cost) | {own[1]:,.0f} (its own cost) "
-                f"| {own[2]:,.1f} (its own cost) | | |"
-            )
+            print(f"| {name} | " + " | ".join(cells) + " | | |")
             continue
-        stream = added(results["stream"], name)
-        sse = added(results["sse"], name)
-        request = added(results["request"], name)
-        per_chunk = stream[0] / chunks
-        per_request = request[0] / 1_000
-        print(
-            f"| {name} | {per_chunk:,.0f} ± {stream[1] / chunks:,.0f} "
-            f"| {sse[0] / chunks:,.0f} ± {sse[1] / chunks:,.0f} "
-            f"| {per_request:,.1f} ± {request[1] / 1_000:,.1f} "
-            f"| {per_chunk / contrib_chunk if contrib_chunk > 0 else float('inf'):.2f}x "
-            f"| {per_request / contrib_request if contrib_request > 0 else float('inf'):.2f}x |"
+        cells = []
+        for key, _, unit, digits in columns:
+            middle, spread = added(results[key], name)
+            cells.append(f"{middle / unit:,.{digits}f} ± {spread / unit:,.{digits}f}")
+        per_chunk = added(results["stream"], name)[0] / chunks
+        per_request = added(results["request"], name)[0] / 1_000
+        cells.append(f"{per_chunk / contrib_chunk if contrib_chunk > 0 else float('inf'):.2f}x")
+        cells.append(
+            f"{per_request / contrib_request if contrib_request > 0 else float('inf'):.2f}x"
         )
+        print(f"| {name} | " + " | ".join(cells) + " |")
     server = server_side_per_chunk(chunks, stream_calls, rounds)
-    ours = added(results["stream"], OTEL_STREAM)[0] / chunks
     print()
     if server is None:
         print("Server side (bench/overhead.py's StreamingMiddleware row): n/a in this run")
     else:
-        print(
-            f"Server side in this run (bench/overhead.py's StreamingMiddleware row, same "
-            f"{chunks:,}-chunk byte stream): {server:,.0f} ns per chunk; the client side's is "
-            f"{ours / server:.2f}x that (target: at most 1.00x)"
-        )
+        for (label, key), server_ns in zip(
+            (("byte stream", "stream"), ("OpenAI SSE, payloads on", "sse")), server, strict=True
+        ):
+            ours = added(results[key], OTEL_STREAM)[0] / chunks
+            print(
+                f"Per chunk, {label}: server side (bench/overhead.py's StreamingMiddleware, "
+                f"{chunks:,} chunks) {server_ns:,.0f} ns in this run; the client side's "
+                f"{ours:,.0f} ns is {ours / server_ns:.2f}x that (target: at most 1.00x)"
+            )
     print()
     print(
         "Per chunk: the stream's whole added cost (request part included) / its chunks; "
