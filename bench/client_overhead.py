@@ -357,10 +357,16 @@ def server_side_per_chunk(chunks: int, calls: int, rounds: int) -> tuple[float, 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls and rounds")
+    parser.add_argument("--rounds", type=int, help="timed rounds (default 11, quick 5)")
+    parser.add_argument("--chunks", type=int, default=1_000, help="chunks per stream (1000)")
+    parser.add_argument("--streams", type=int, help="streams per block (default 20, quick 4)")
+    parser.add_argument("--requests", type=int, help="JSON calls per block (2000, quick 400)")
     options = parser.parse_args(argv)
-    chunks, stream_calls, json_calls, rounds = (
-        (1_000, 4, 400, 5) if options.quick else (1_000, 20, 2_000, 11)
-    )
+    quick = options.quick
+    chunks = options.chunks
+    rounds = options.rounds or (5 if quick else 11)
+    stream_calls = options.streams or (4 if quick else 20)
+    json_calls = options.requests or (400 if quick else 2_000)
     providers = Providers()
     pool = MemoryPool()
     rows = make_rows(pool, providers)
