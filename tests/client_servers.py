@@ -147,7 +147,8 @@ def _forwarded(request: Request) -> dict[str, str]:
 def relay_app(upstream: str) -> Starlette:
     """An OpenAI-compatible gateway that passes an upstream stream on, three ways:
     ``/openai/v1``, ``/httpx/v1`` and ``/aiohttp/v1`` are its base URLs; ``/twice/v1``
-    makes a JSON call before the stream and can hold the stream back."""
+    makes a JSON call before the stream and can hold the stream back; ``/anthropic``
+    passes the Anthropic Messages API through."""
 
     async def with_openai(request: Request) -> Response:
         import openai
@@ -234,8 +235,32 @@ def relay_app(upstream: str) -> Starlette:
 
         return StreamingResponse(body(), media_type="text/event-stream")
 
+    async def anthropic_pass_through(request: Request) -> Response:
+        """The Messages API passed through byte for byte with ``httpx.AsyncClient``."""
+        import httpx
+
+        client = httpx.AsyncClient()
+        upstream_request = client.build_request(
+            "POST",
+            upstream + "/v1/messages",
+            content=await request.body(),
+            headers={"content-type": "application/json", **_forwarded(request)},
+        )
+        response = await client.send(upstream_request, stream=True)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+            finally:
+                await response.aclose()
+                await client.aclose()
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
     return Starlette(
         routes=[
+            Route("/anthropic/v1/messages", anthropic_pass_through, methods=["POST"]),
             Route("/twice/v1/chat/completions", look_up_then_relay, methods=["POST"]),
             Route("/openai/v1/chat/completions", with_openai, methods=["POST"]),
             Route("/httpx/v1/chat/completions", with_httpx, methods=["POST"]),
