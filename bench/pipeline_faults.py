@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -33,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from _servers import wait_ready  # bench/ is on sys.path when a script runs
+from _servers import start, stop, wait_ready  # bench/ is on sys.path when a script runs
 
 SERVER_APP = """
 import asyncio
@@ -124,7 +125,7 @@ def start_server(directory: Path, endpoint: str) -> tuple[subprocess.Popen[bytes
     }
     argv = [sys.executable, "-m", "uvicorn", "faults_app:app", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--log-level", "warning", "--lifespan", "off"]
-    process = subprocess.Popen(argv, env=env, cwd=directory, stderr=subprocess.DEVNULL)
+    process = start(argv, env=env, cwd=directory, stderr=subprocess.DEVNULL)
     return process, port
 
 
@@ -169,8 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ttfbs[name].append(time_to_first_byte(servers[name][1]))
         finally:
             for process, _ in servers.values():
-                process.kill()
-                process.wait(10)
+                stop(process, first=signal.SIGKILL)  # no flush to wait for
 
     print(
         f"{rounds} streams per pipeline, one at a time, alternating; "

@@ -707,7 +707,99 @@ def llm_streams() -> Dashboard:
             )
         )
     )
-    return board
+    return with_hop_row(board, ids)
+
+
+def with_hop_row(board: Dashboard, ids: Ids) -> Dashboard:
+    """The hop: what the upstream model took against what this service's clients waited.
+
+    The client side's series carry the upstream host, not a route, so the route variable
+    does not filter them; the server side is read on the routes that relay a stream (the
+    ones with a hop measurement), so the two halves describe the same requests.
+    """
+    relaying_routes = f"group by (http_route) ({q.series(q.HOP_TTFB + '_count')})"
+
+    def downstream(level: float, histogram: str) -> str:
+        inner = f"({q.rate(histogram + '_bucket')}) and on (http_route) {relaying_routes}"
+        return f"histogram_quantile({level}, sum by (le) ({inner}))"
+
+    ended = ("server_address", "http_stream_termination_reason")
+    return (
+        board.with_row(Row("The hop: upstream vs downstream").id(ids.next()))
+        .with_panel(
+            graph(
+                ids,
+                "First byte: upstream vs downstream",
+                "p50 and p99 of the time to the upstream's first body byte, as this "
+                "service's HTTP client saw it (http.client.stream.time_to_first_byte, "
+                "every upstream: the route variable does not apply), and of the time to "
+                "this service's own first byte on the routes that relay a stream "
+                "(http.server.stream.time_to_first_byte). Downstream above upstream by "
+                "more than the hop panel shows: requests that did not relay.",
+                "s",
+                targets(
+                    (q.quantile(0.5, q.CLIENT_TTFB), "upstream p50"),
+                    (q.quantile(0.99, q.CLIENT_TTFB), "upstream p99"),
+                    (downstream(0.5, q.TTFB), "downstream p50"),
+                    (downstream(0.99, q.TTFB), "downstream p99"),
+                ),
+                width=12,
+            )
+        )
+        .with_panel(
+            graph(
+                ids,
+                "First token: upstream vs downstream",
+                "p50 and p99 of the time to the upstream's first generated token "
+                "(http.client.stream.time_to_first_token, read from the upstream's "
+                "stream) and to the first token this service sent its clients "
+                "(http.server.stream.time_to_first_token) on the routes that relay.",
+                "s",
+                targets(
+                    (q.quantile(0.5, q.CLIENT_TTFT), "upstream p50"),
+                    (q.quantile(0.99, q.CLIENT_TTFT), "upstream p99"),
+                    (downstream(0.5, q.TTFT), "downstream p50"),
+                    (downstream(0.99, q.TTFT), "downstream p99"),
+                ),
+                width=12,
+            )
+        )
+        .with_panel(
+            graph(
+                ids,
+                "Time the hop added to the first byte",
+                "p50 and p99 of this service's first byte minus its upstream's first "
+                "byte, per relayed request (http.server.stream.hop.time_to_first_byte): "
+                "the time the hop itself added. Small here and large upstream: it is the "
+                "model; large here: it is the hop.",
+                "s",
+                targets(
+                    (q.quantile(0.5, q.HOP_TTFB), "hop p50"),
+                    (q.quantile(0.99, q.HOP_TTFB), "hop p99"),
+                ),
+                width=12,
+            )
+        )
+        .with_panel(
+            graph(
+                ids,
+                "Upstream streams by how they ended",
+                "Streams this service read from each upstream host, per second, by "
+                "client termination reason: completed, consumer_closed (this service "
+                "stopped reading), server_disconnect (the upstream ended the connection "
+                "before the body), error, incomplete (no end marker).",
+                "reqps",
+                targets(
+                    (
+                        q.sum_rate(q.CLIENT_TERMINATIONS, labels=ended),
+                        "{{server_address}}: {{http_stream_termination_reason}}",
+                    )
+                ),
+                width=12,
+                stacked=True,
+            )
+        )
+    )
 
 
 DASHBOARDS = {OVERVIEW_FILE: streaming_overview, LLM_FILE: llm_streams}

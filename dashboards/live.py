@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -228,10 +230,73 @@ class Deadline:
 
 @dataclass
 class Service:
-    """The running demo app: where to send requests, and where Prometheus scrapes."""
+    """The running demo app: where to send requests, where Prometheus scrapes, and the
+    stand-in that records the client side's and the hop's metrics beside the app's."""
 
     url: str
     metrics_target: str
+    hop: HopStandIn
+
+
+#: The client side's and the hop's instruments, by DESIGN.md's names: (kind, unit).
+HOP_INSTRUMENTS: dict[str, tuple[str, str]] = {
+    "http.client.stream.time_to_first_byte": ("histogram", "s"),
+    "http.client.stream.time_to_first_token": ("histogram", "s"),
+    "http.client.stream.terminations": ("counter", "{request}"),
+    "http.server.stream.hop.time_to_first_byte": ("histogram", "s"),
+}
+#: The upstream hosts the stand-in's relays read from.
+UPSTREAMS = (("api.openai.com", 443), ("api.anthropic.com", 443))
+
+
+class HopStandIn:
+    """Records what otel-stream's client side and the hop will record, by instrument name.
+
+    otel_stream does not record these yet; this records them through the same meter
+    provider (and so the same Prometheus exporter) as the demo app's own metrics, with
+    DESIGN.md's names, units and attributes, so the dashboards' hop row can be proven
+    against a real Prometheus and drawn in the previews.
+    """
+
+    def __init__(self, meter_provider: Any) -> None:
+        from otel_stream.buckets import TTFB_BUCKETS
+
+        meter = meter_provider.get_meter("otel_stream")
+        self.instruments: dict[str, Any] = {}
+        for name, (kind, unit) in HOP_INSTRUMENTS.items():
+            if kind == "histogram":
+                self.instruments[name] = meter.create_histogram(
+                    name, unit=unit, explicit_bucket_boundaries_advisory=list(TTFB_BUCKETS)
+                )
+            else:
+                self.instruments[name] = meter.create_counter(name, unit=unit)
+
+    def relay(
+        self,
+        *,
+        upstream: tuple[str, int],
+        first_byte: float,
+        first_token: float | None,
+        hop: float,
+        reason: str,
+        route: str = "/v1/chat/completions",
+    ) -> None:
+        """One relayed stream: the client's side of it and the time the hop added."""
+        host, port = upstream
+        client = {
+            "http.request.method": "POST",
+            "server.address": host,
+            "server.port": port,
+            "http.response.status_code": 200,
+        }
+        get = self.instruments.__getitem__
+        get("http.client.stream.time_to_first_byte").record(first_byte, client)
+        if first_token is not None:
+            get("http.client.stream.time_to_first_token").record(first_token, client)
+        ended = {**client, "http.stream.termination_reason": reason}
+        get("http.client.stream.terminations").add(1, ended)
+        server = {"http.request.method": "POST", "http.route": route}
+        get("http.server.stream.hop.time_to_first_byte").record(hop, server)
 
 
 @contextlib.contextmanager
@@ -270,7 +335,9 @@ def serve_demo() -> Iterator[Service]:
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.01)
-        yield Service(f"http://127.0.0.1:{port}", f"127.0.0.1:{metrics_port}")
+        yield Service(
+            f"http://127.0.0.1:{port}", f"127.0.0.1:{metrics_port}", HopStandIn(meter_provider)
+        )
     finally:
         server.should_exit = True
         thread.join(10)
@@ -359,13 +426,19 @@ class Mix:
     impatient: int = 0
 
 
-async def wave(url: str, mix: Mix | None = None, rng: random.Random | None = None) -> int:
+async def wave(
+    url: str,
+    mix: Mix | None = None,
+    rng: random.Random | None = None,
+    hop: HopStandIn | None = None,
+) -> int:
     """One request of every kind, concurrently; returns how many requests were made.
 
     Ends: completed (SSE feed, chat completions), client_disconnect before and after
     the first byte (raw sockets), app_error (the generator raises), cancelled (the
     request deadline), incomplete (the legacy route; and, once LLM payload readers are
-    on, a chat stream without ``[DONE]``), plus one non-streamed response.
+    on, a chat stream without ``[DONE]``), plus one non-streamed response. With ``hop``,
+    each chat completion is also recorded as relayed from an upstream (``relays``).
     """
     from openai import AsyncOpenAI
 
@@ -390,6 +463,8 @@ async def wave(url: str, mix: Mix | None = None, rng: random.Random | None = Non
                 ("demo-truncated", 10),
             ):
                 requests.append(_chat(chat, model, max_tokens, vary(mix.ttft), vary(mix.token_gap)))
+            if hop is not None:
+                relays(hop, mix, rng, 4 + mix.extra_streams)
             for _ in range(mix.extra_streams):
                 chunks = rng.randint(3, 30)
                 requests.append(
@@ -412,6 +487,22 @@ async def wave(url: str, mix: Mix | None = None, rng: random.Random | None = Non
         finally:
             await chat.close()
     return len(requests)
+
+
+def relays(hop: HopStandIn, mix: Mix, rng: random.Random, count: int) -> None:
+    """``count`` relayed streams, the upstream's timings drawn like the chat's: most
+    complete, one the upstream broke, one this service stopped reading, one without
+    its end marker; the hop adding a few milliseconds."""
+    reasons = ["server_disconnect", "consumer_closed", "incomplete"]
+    for index in range(count):
+        first_byte = round(mix.ttft * rng.lognormvariate(0, mix.jitter), 4)
+        hop.relay(
+            upstream=UPSTREAMS[index % len(UPSTREAMS)],
+            first_byte=first_byte,
+            first_token=first_byte + round(mix.token_gap * rng.lognormvariate(0, mix.jitter), 4),
+            hop=round(0.003 * rng.lognormvariate(0, mix.jitter), 4),
+            reason=reasons[index] if index < len(reasons) else "completed",
+        )
 
 
 # Prometheus -------------------------------------------------------------------------------
@@ -456,6 +547,7 @@ class Prometheus:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # stopped with its whole group
             )
         self.client = httpx.Client(base_url=self.url, timeout=10)
 
@@ -505,14 +597,15 @@ class Prometheus:
         raise TimeoutError(f"{expr} = {value}, waited for {minimum}")
 
     def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL it after 10 s or once prometheus has exited."""
         self.client.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(5)
 
 
 @contextlib.contextmanager

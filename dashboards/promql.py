@@ -26,6 +26,21 @@ METRICS: Final[dict[str, str]] = {
     "http_server_stream_time_per_output_token_seconds": "histogram",
 }
 
+#: The metrics of the hop row: the client side's time to first byte and first token and
+#: how its streams ended, per upstream host, and the time a relaying server added to its
+#: upstream's first byte (the one of them the server side records, also in METRICS).
+#: The tests record them by their instrument names with the SDK and the Prometheus
+#: exporter.
+HOP_METRICS: Final[dict[str, str]] = {
+    "http_client_stream_time_to_first_byte_seconds": "histogram",
+    "http_client_stream_time_to_first_token_seconds": "histogram",
+    "http_client_stream_terminations_total": "counter",
+    "http_server_stream_hop_time_to_first_byte_seconds": "histogram",
+}
+
+#: Every metric a query may select.
+ALL_METRICS: Final[dict[str, str]] = {**METRICS, **HOP_METRICS}
+
 #: The series a classic (explicit-bucket) histogram is exposed as.
 HISTOGRAM_SUFFIXES: Final = ("_bucket", "_sum", "_count")
 
@@ -44,6 +59,8 @@ LABELS: Final = frozenset(
         "gen_ai_response_finish_reason",
         "url_scheme",
         "network_protocol_version",
+        "server_address",
+        "server_port",
     }
 )
 
@@ -57,11 +74,18 @@ MAX_CHUNK_GAP: Final = "http_server_stream_max_chunk_gap_seconds"
 SEND_WAIT: Final = "http_server_stream_send_wait_seconds"
 TTFT: Final = "http_server_stream_time_to_first_token_seconds"
 TPOT: Final = "http_server_stream_time_per_output_token_seconds"
+CLIENT_TTFB: Final = "http_client_stream_time_to_first_byte_seconds"
+CLIENT_TTFT: Final = "http_client_stream_time_to_first_token_seconds"
+CLIENT_TERMINATIONS: Final = "http_client_stream_terminations_total"
+HOP_TTFB: Final = "http_server_stream_hop_time_to_first_byte_seconds"
 
 #: The filter every selector carries. ``$route`` matches the empty route too when "All"
 #: is picked (its all-value is ``.*``): requests still waiting for their first byte and
 #: unmatched paths carry no ``http_route``.
 FILTER: Final = 'job=~"$job", instance=~"$instance", http_route=~"$route"'
+#: The filter of the client side's metrics: they carry the upstream's ``server.address``
+#: and ``server.port``, never a route (a route filter would drop every one of them).
+CLIENT_FILTER: Final = 'job=~"$job", instance=~"$instance"'
 RATE_INTERVAL: Final = "$__rate_interval"
 
 #: The series the variables read their values from: every request ends in exactly one
@@ -69,15 +93,24 @@ RATE_INTERVAL: Final = "$__rate_interval"
 VARIABLE_SOURCE: Final = TERMINATIONS
 
 
-def series(metric: str, *matchers: str) -> str:
-    """A selector of ``metric`` (a name of :data:`METRICS`, or a histogram's series)."""
-    base = metric
+def base_name(metric: str) -> str:
+    """The metric a series belongs to: ``metric`` without a histogram's series suffix."""
     for suffix in HISTOGRAM_SUFFIXES:
-        if metric.endswith(suffix) and metric[: -len(suffix)] in METRICS:
-            base = metric[: -len(suffix)]
-    if base not in METRICS:
+        if metric.endswith(suffix) and metric[: -len(suffix)] in ALL_METRICS:
+            return metric[: -len(suffix)]
+    return metric
+
+
+def filter_of(metric: str) -> str:
+    """The variable filter of ``metric``'s selectors: the client side's has no route."""
+    return CLIENT_FILTER if base_name(metric).startswith("http_client_") else FILTER
+
+
+def series(metric: str, *matchers: str) -> str:
+    """A selector of ``metric`` (a name of :data:`ALL_METRICS`, or a histogram's series)."""
+    if base_name(metric) not in ALL_METRICS:
         raise ValueError(f"{metric} is not one of DESIGN.md's metrics")
-    return f"{metric}{{{', '.join((FILTER, *matchers))}}}"
+    return f"{metric}{{{', '.join((filter_of(metric), *matchers))}}}"
 
 
 def rate(metric: str, *matchers: str) -> str:

@@ -66,7 +66,7 @@ def mix_at(progress: float) -> live.Mix:
     )
 
 
-async def drive(url: str, seconds: float) -> int:
+async def drive(url: str, seconds: float, hop: live.HopStandIn) -> int:
     """Waves of every kind of request, one a second, bounded in time and count."""
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -75,7 +75,8 @@ async def drive(url: str, seconds: float) -> int:
         progress = (loop.time() - started) / seconds
         if progress >= 1:
             break
-        tasks.add(asyncio.create_task(live.wave(url, mix_at(progress), random.Random(index))))
+        wave = live.wave(url, mix_at(progress), random.Random(index), hop)
+        tasks.add(asyncio.create_task(wave))
         await asyncio.sleep(1.0)
     return sum(await asyncio.gather(*tasks))
 
@@ -402,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         live.running_prometheus(binary, Path(tmp), service.metrics_target) as prometheus,
     ):
         started = time.time()
-        requests = asyncio.run(drive(service.url, args.seconds))
+        requests = asyncio.run(drive(service.url, args.seconds, service.hop))
         end = time.time()
         with contextlib.suppress(TimeoutError):
             prometheus.wait_until(

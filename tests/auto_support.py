@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -24,20 +22,10 @@ from typing import Any
 
 import httpx
 
+from tests import processes
 from tests.otlp_receiver import OTLPReceiver, ReceivedSpan
+from tests.processes import child_environment
 from tests.servers import free_port
-
-BIN = Path(sys.executable).parent
-#: This repository's sources: first on every child's path, so a child imports this
-#: checkout's otel_stream even where another clone is the installed one.
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def python_path() -> str:
-    """PYTHONPATH for a child process: this repository's src, then any PYTHONPATH set here."""
-    existing = os.environ.get("PYTHONPATH", "")
-    return os.pathsep.join([str(SRC), existing] if existing else [str(SRC)])
-
 
 _STREAM = """
 import asyncio
@@ -181,22 +169,15 @@ def server_command(server: str, target: str, port: int) -> list[str]:
     return commands[server]
 
 
-def environment(receiver: OTLPReceiver | None, service: str, **extra: str) -> dict[str, str]:
-    """The test process' environment, minus OTEL_* leftovers, this repository's src first on
-    PYTHONPATH, plus the given variables."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OTEL_", "FASTAPI_OTEL"))
-    }
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = python_path()
-    env["PYTHONUNBUFFERED"] = "1"
-    if receiver is not None:
-        env.update(receiver.environment())
-    env["OTEL_SERVICE_NAME"] = service
-    env.update(extra)
-    return env
+def environment(
+    receiver: OTLPReceiver | None, service: str, *first_on_path: Path, **extra: str
+) -> dict[str, str]:
+    """``child_environment(*first_on_path)`` exporting to ``receiver`` (when given) as
+    ``service``, plus the given variables."""
+    receiver_env = receiver.environment() if receiver is not None else {}
+    return child_environment(
+        *first_on_path, **{**receiver_env, "OTEL_SERVICE_NAME": service, **extra}
+    )
 
 
 @dataclass
@@ -216,13 +197,8 @@ class ServerProcess:
         for stream in ("stdout", "stderr"):
             self.outputs[stream] = self.cwd / f"{self.name}.{self.port}.{stream}"
             files[stream] = self.outputs[stream].open("wb")
-        self.process = subprocess.Popen(
-            list(self.argv),
-            env=self.env,
-            cwd=self.cwd,
-            stdout=files["stdout"],
-            stderr=files["stderr"],
-            start_new_session=True,
+        self.process = processes.start(
+            self.argv, env=self.env, cwd=self.cwd, stdout=files["stdout"], stderr=files["stderr"]
         )
         for handle in files.values():
             handle.close()
@@ -246,18 +222,16 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop the server gracefully (SIGTERM to its process group), so telemetry flushes."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+        """Stop the server gracefully (SIGTERM to its process group, so telemetry flushes),
+        and whatever its group still holds once it has exited (a worker of a parent that
+        was killed or terminated alone)."""
+        if self.process is not None:
+            processes.stop(self.process, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its whole group: no shutdown, nothing flushes."""
+        if self.process is not None:
+            processes.kill(self.process)
 
     def stdout(self) -> str:
         return self.outputs["stdout"].read_text(errors="replace")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from tests.auto_support import python_path
+from tests import processes
 from tests.servers import free_port
 
 NGINX = shutil.which("nginx") or next(
@@ -26,8 +26,8 @@ NGINX = shutil.which("nginx") or next(
 def command() -> list[str]:
     """The console script installed beside this Python, or the module when there is none.
 
-    Either way the child imports this repository's otel_stream: ``clean_env`` puts its
-    src first on PYTHONPATH.
+    Either way the child imports this repository's otel_stream: ``child_environment``
+    puts its src first on PYTHONPATH.
     """
     script = Path(sys.executable).parent / "otel-stream"
     if os.access(script, os.X_OK):
@@ -35,24 +35,11 @@ def command() -> list[str]:
     return [sys.executable, "-m", "otel_stream.cli"]
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any ``OTEL_*`` variable, plus ``extra``."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    env["PYTHONPATH"] = python_path()
-    env.update(extra)
-    return env
-
-
 def run_cli(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*command(), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(env) if env is not None else clean_env(),
-        check=False,
+    return processes.run(
+        [*command(), *args], timeout=timeout, env=dict(env) if env is not None else None
     )
 
 
@@ -70,15 +57,8 @@ def wait_for_port(port: int, process: subprocess.Popen[str] | None = None, timeo
 
 
 def stop(process: subprocess.Popen[str]) -> str:
-    """Stop a process this test started; returns what it printed."""
-    if process.poll() is None:
-        process.terminate()
-    try:
-        output, _ = process.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate(timeout=5)
-    return output or ""
+    """Stop a process this test started, and its whole group; returns what it printed."""
+    return str(processes.stop(process) or "")
 
 
 @contextlib.contextmanager
@@ -87,12 +67,12 @@ def demo_server(
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """``otel-stream demo --serve`` on a free port; yields its base URL and process."""
     port = free_port()
-    process = subprocess.Popen(
+    process = processes.start(
         [*command(), "demo", "--serve", "--port", str(port), *extra_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=dict(env) if env is not None else clean_env(),
+        env=dict(env) if env is not None else None,
     )
     try:
         wait_for_port(port, process)
@@ -136,7 +116,7 @@ def nginx(upstream: str, directives: str) -> Iterator[str]:
         config.write_text(
             NGINX_CONF.format(dir=directory, port=port, upstream=upstream, directives=directives)
         )
-        process = subprocess.Popen(
+        process = processes.start(
             [NGINX, "-p", directory, "-c", str(config), "-e", f"{directory}/error.log"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

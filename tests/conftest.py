@@ -9,12 +9,48 @@ from hypothesis import settings
 
 from otel_stream import guard as otel_stream_guard
 from otel_stream import shutdown
+from tests import processes
+from tests.otlp_receiver import OTLPReceiver
 from tests.telemetry_harness import Telemetry
+
+#: Seconds the session-end check waits for processes that are still exiting.
+EXIT_GRACE = 5.0
 
 # CI has no example database: the same examples on every run, and a failure's reproduce blob.
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI", "") not in ("", "false"):
     settings.load_profile("ci")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Mark this session in the environment every process the tests start inherits."""
+    processes.mark_session()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_running() -> Iterator[None]:
+    """Fail the run if a process the tests started still runs at its end (then kill it).
+
+    Autouse and session-scoped, so it is set up before every other fixture and torn down
+    after them: servers of session fixtures have stopped by then.
+    """
+    yield
+    left = processes.leftovers(grace=EXIT_GRACE)
+    if left:
+        processes.stop_leftovers(left)
+        listed = "\n".join(f"  pid {p.pid} (group {p.pgid}): {p.command}" for p in left)
+        pytest.fail(
+            f"{len(left)} process(es) the tests started still ran at the session's end "
+            f"(now killed):\n{listed}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    """A running OTLP/HTTP receiver on loopback (tests/otlp_receiver.py)."""
+    with OTLPReceiver() as running:
+        yield running
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ at all and is instrumented by ``opentelemetry-instrument`` or ``OTEL_STREAM_ENAB
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import threading
 import time
@@ -18,15 +17,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.auto_support import (
-    BIN,
-    LIFESPAN_APP_START,
-    ServerProcess,
-    environment,
-    python_path,
-    server_command,
-)
+from tests.auto_support import LIFESPAN_APP_START, ServerProcess, environment, server_command
 from tests.otlp_receiver import OTLPReceiver
+from tests.processes import BIN
 from tests.servers import free_port
 
 #: What every app streams, and the bytes a client must receive.
@@ -112,10 +105,8 @@ def server_process(
         "OTEL_METRICS_EXPORTER": "otlp",
         "OTEL_LOGS_EXPORTER": "none",
     }
-    env = environment(None, f"hardening-{way}-{server}", **receiver_env)
-    env.update(way_variables)
-    env.update(variables)
-    env["PYTHONPATH"] = f"{directory}{os.pathsep}{python_path()}"
+    merged = {**receiver_env, **way_variables, **variables}
+    env = environment(None, f"hardening-{way}-{server}", directory, **merged)
     port = free_port()
     argv = [*prefix, *server_command(server, target, port), *extra_args]
     return ServerProcess(argv, env, directory, port, name=f"{way}-{server}")

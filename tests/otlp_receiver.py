@@ -5,7 +5,7 @@ or deflate encoded), decodes them with ``opentelemetry-proto``'s request types, 
 every span and metric data point as plain Python values::
 
     with OTLPReceiver() as receiver:
-        env = {**os.environ, **receiver.environment()}  # OTEL_EXPORTER_OTLP_* for a process
+        env = child_environment(**receiver.environment())  # OTEL_EXPORTER_OTLP_* for a child
         ...
         assert receiver.wait_for(lambda: receiver.spans_named("GET /chat"))
 """

@@ -8,7 +8,6 @@ tests/otlp_receiver.py, or to stdout through the console exporter.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,6 @@ from tests.otlp_receiver import OTLPReceiver, ReceivedSpan
 
 BODY = "data: 0\n\ndata: 1\n\ndata: 2\n\n"
 INSTRUMENT = ["opentelemetry-instrument"]
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as receiver:
-        yield receiver
 
 
 @pytest.fixture

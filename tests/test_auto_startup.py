@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import logging
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -13,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from otel_stream import autoinstrument, sdk
-from tests.auto_support import python_path
-
-BIN = str(Path(sys.executable).parent)
+from tests import processes
+from tests.processes import child_environment
 
 _PROBE = textwrap.dedent(
     """
@@ -33,19 +33,9 @@ _PROBE = textwrap.dedent(
 
 
 def probe(prefix: list[str], **variables: str) -> tuple[dict[str, bool], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["PYTHONPATH"] = python_path()
-    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
-    env.update({"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}, **variables)
-    env["OTEL_LOGS_EXPORTER"] = "none"
-    result = subprocess.run(
-        [*prefix, "python", "-c", _PROBE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    exporters = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+    env = child_environment(**{**exporters, **variables, "OTEL_LOGS_EXPORTER": "none"})
+    result = processes.run([*prefix, "python", "-c", _PROBE], env=env, timeout=60, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
 
 
@@ -129,14 +119,10 @@ def test_an_invalid_value_warns_once_with_the_start_up_default_and_is_removed() 
               hasattr(uvicorn.config.Config.load, "__wrapped__"))
         """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["PYTHONPATH"] = python_path()
-    env["OTEL_STREAM_ENABLED"] = "ture"
-    result = subprocess.run(
+    env = child_environment(OTEL_STREAM_ENABLED="ture")
+    result = processes.run(
         [sys.executable, "-c", code],
         env=env,
-        capture_output=True,
-        text=True,
         timeout=60,
         check=True,
     )
@@ -150,8 +136,6 @@ def test_an_invalid_value_warns_once_with_the_start_up_default_and_is_removed() 
 
 
 def _imported_modules(module: str) -> set[str]:
-    import ast
-    import importlib.util
 
     spec = importlib.util.find_spec(module)
     assert spec is not None

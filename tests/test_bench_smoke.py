@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+from tests import processes
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "overhead.py"
 
@@ -38,12 +39,9 @@ def table_rows(output: str, header_start: str) -> dict[str, list[str]]:
 def test_overhead_bench_prints_every_row() -> None:
     bench = load_bench()
     smallest = ["--rounds", "2", "--chunks", "20", "--streams", "1", "--requests", "5"]
-    completed = subprocess.run(
+    completed = processes.run(
         [sys.executable, str(BENCH), *smallest],
-        capture_output=True,
-        text=True,
         timeout=90,
-        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     output = completed.stdout

@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,15 @@ import pytest
 import yaml
 from dashboards import live, promql
 
+from tests import processes
+
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
 FILES = {"streaming-overview.json": "otel-stream-overview", "llm-streams.json": "otel-stream-llm"}
 PREVIEWS = ("dashboard-streaming-overview.png", "dashboard-llm-streams.png")
 FILTERS = ('job=~"$job"', 'instance=~"$instance"', 'http_route=~"$route"')
+#: The client side's metrics carry no route: job and instance only.
+CLIENT_FILTERS = FILTERS[:2]
 
 # PromQL words that are not metric names: aggregations, set operators, modifiers.
 KEYWORDS = frozenset(
@@ -105,7 +108,7 @@ def label_names(expr: str) -> set[str]:
 
 def allowed_series() -> set[str]:
     names = set()
-    for name, kind in promql.METRICS.items():
+    for name, kind in promql.ALL_METRICS.items():
         names.add(name)
         if kind == "histogram":
             names.update(name + suffix for suffix in promql.HISTOGRAM_SUFFIXES)
@@ -185,6 +188,58 @@ def test_the_metric_names_are_what_the_exporter_writes() -> None:
     assert 'http_stream_termination_reason="completed"' in text
 
 
+def test_the_hop_metric_names_are_what_the_exporter_writes() -> None:
+    """promql.HOP_METRICS equals the families opentelemetry-exporter-prometheus writes for
+    DESIGN.md's client-side and hop instruments, recorded by name (live.HopStandIn), and
+    their attributes become the labels the hop row uses."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+    try:
+        live.HopStandIn(provider).relay(
+            upstream=("api.example.com", 443),
+            first_byte=0.2,
+            first_token=0.3,
+            hop=0.004,
+            reason="completed",
+        )
+        text = generate_latest(registry).decode()
+    finally:
+        provider.shutdown()
+    families = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
+    families.pop("target_info", None)
+    exposed = {
+        (name + "_total" if kind == "counter" and not name.endswith("_total") else name): kind
+        for name, kind in families.items()
+    }
+    assert exposed == promql.HOP_METRICS
+    # The server side records the hop histogram; the client side's are the rest.
+    assert set(promql.HOP_METRICS) & set(promql.METRICS) == {promql.HOP_TTFB}
+    client_line = next(
+        line for line in text.splitlines() if line.startswith(promql.CLIENT_TERMINATIONS + "{")
+    )
+
+    def attributes(line: str) -> set[str]:  # the labels, without the exporter's scope ones
+        return {name for name in re.findall(r"(\w+)=", line) if not name.startswith("otel_scope_")}
+
+    client_labels = attributes(client_line)
+    assert client_labels == {
+        "http_request_method",
+        "server_address",
+        "server_port",
+        "http_response_status_code",
+        "http_stream_termination_reason",
+    }
+    assert client_labels <= promql.LABELS
+    hop_line = next(
+        line for line in text.splitlines() if line.startswith(promql.HOP_TTFB + "_count")
+    )
+    assert attributes(hop_line) == {"http_request_method", "http_route"}
+
+
 def test_the_metric_names_are_design_md_s() -> None:
     candidates = [ROOT.parent / "shared" / "DESIGN.md", Path("/work/shared/DESIGN.md")]
     design = next((path for path in candidates if path.exists()), None)
@@ -200,6 +255,12 @@ def test_the_metric_names_are_design_md_s() -> None:
         instrument = instrument.replace("time.per.output.token", "time_per_output_token")
         instrument = instrument.replace("time.to.first.byte", "time_to_first_byte")
         assert f"`{instrument}`" in text, name
+    # The client side and the hop: DESIGN.md names the instruments of live.HOP_INSTRUMENTS.
+    assert "`http.server.stream.hop.time_to_first_byte`" in text
+    assert "under `http.client.stream.*`" in text
+    for instrument in live.HOP_INSTRUMENTS:
+        if instrument.startswith("http.client.stream."):
+            assert f"`{instrument.removeprefix('http.client.stream.')}`" in text, instrument
 
 
 def test_queries_name_only_design_metrics_and_labels() -> None:
@@ -224,6 +285,9 @@ def test_the_name_check_would_catch_a_stranger() -> None:
 
 
 def test_every_selector_is_filtered_by_job_instance_and_route() -> None:
+    """Server-side selectors by job, instance and route; the client side's (no route on
+    them: a route filter would drop them all) by job and instance, never by route."""
+    client_side = 0
     for query in all_queries():
         text = without_strings(query.expr)
         # Every metric name is followed by its matchers...
@@ -231,16 +295,29 @@ def test_every_selector_is_filtered_by_job_instance_and_route() -> None:
             assert re.search(rf"\b{name}(?!\{{)\b", re.sub(r"\{[^}]*\}", "{}", text)) is None, (
                 f"{name} without matchers in {query.title}"
             )
-        # ...and every set of matchers holds the three variable filters.
-        selectors = re.findall(r"\{([^}]*)\}", query.expr)
+        # ...and every set of matchers holds the variable filters of its metric.
+        selectors = re.findall(r"([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}", query.expr)
         assert selectors
-        for selector in selectors:
-            for wanted in FILTERS:
-                assert wanted in selector, (query.title, selector)
+        for name, selector in selectors:
+            if promql.base_name(name).startswith("http_client_"):
+                client_side += 1
+                assert all(wanted in selector for wanted in CLIENT_FILTERS), (query.title, selector)
+                assert "http_route" not in selector, (query.title, selector)
+            else:
+                assert all(wanted in selector for wanted in FILTERS), (query.title, selector)
+    assert client_side >= 5
     instance, route = variable_queries()[1:3]
     assert 'job=~"$job"' in instance
     assert 'job=~"$job"' in route
     assert 'instance=~"$instance"' in route
+
+
+def test_the_filter_check_would_catch_a_route_filter_on_the_client_side() -> None:
+    assert promql.filter_of(promql.CLIENT_TTFB + "_bucket") == promql.CLIENT_FILTER
+    assert promql.filter_of(promql.HOP_TTFB + "_bucket") == promql.FILTER  # server-side
+    assert "http_route" not in promql.series(promql.CLIENT_TERMINATIONS)
+    with pytest.raises(ValueError, match="not one of DESIGN"):
+        promql.series("http_client_stream_requests_total")
 
 
 def test_rates_and_increases_are_over_the_rate_interval() -> None:
@@ -325,10 +402,8 @@ def test_prometheus_configs_pass_promtool() -> None:
         "native-histograms.yml",
         "via-collector.yml",
     ]
-    result = subprocess.run(
+    result = processes.run(
         [promtool, "check", "config", *map(str, configs)],
-        capture_output=True,
-        text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr

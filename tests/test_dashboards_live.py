@@ -56,9 +56,9 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     ):
         # Two waves, each scraped: every series exists before the second wave, so every
         # rate() over the run is positive.
-        first = asyncio.run(live.wave(service.url))
+        first = asyncio.run(live.wave(service.url, hop=service.hop))
         prometheus.wait_until(total, first, timeout=30)
-        second = asyncio.run(live.wave(service.url))
+        second = asyncio.run(live.wave(service.url, hop=service.hop))
         prometheus.wait_until(total, first + second, timeout=30)
         yield Scraped(prometheus, service)
 
@@ -81,7 +81,7 @@ def test_every_streaming_overview_query_returns_data(scraped: Scraped) -> None:
 
 
 def test_every_llm_streams_query_returns_data(scraped: Scraped) -> None:
-    assert check_every_query(scraped, "llm-streams", "/v1/chat/completions") >= 12
+    assert check_every_query(scraped, "llm-streams", "/v1/chat/completions") >= 25
 
 
 def test_the_panels_show_how_the_streams_ended(scraped: Scraped) -> None:
@@ -105,3 +105,29 @@ def test_the_panels_show_how_the_streams_ended(scraped: Scraped) -> None:
     (p50,) = scraped.values(by_title[("Time to first byte", "A")], everything)
     (p99,) = scraped.values(by_title[("Time to first byte", "C")], everything)
     assert 0 < p50 <= p99 < 5
+
+
+def test_the_hop_row_shows_each_upstream_and_the_hop(scraped: Scraped) -> None:
+    """The client side's and the hop's series (recorded by name: live.HopStandIn) come
+    back through the hop row's queries, per upstream host and reason."""
+    board = live.load_dashboards()["llm-streams"]
+    by_title = {(q.title, q.ref_id): q.expr for q in live.panel_queries(board)}
+    ended = by_title[("Upstream streams by how they ended", "A")]
+    assert scraped.label_values(ended, "server_address") == {host for host, _ in live.UPSTREAMS}
+    reasons = scraped.label_values(ended, "http_stream_termination_reason")
+    assert reasons == {"completed", "server_disconnect", "consumer_closed", "incomplete"}
+    for route in (None, "/v1/chat/completions"):  # the route variable leaves the client side
+        variables = scraped.variables(route)
+        (upstream_p50,) = scraped.values(
+            by_title[("First byte: upstream vs downstream", "A")], variables
+        )
+        (hop_p50,) = scraped.values(
+            by_title[("Time the hop added to the first byte", "A")], variables
+        )
+        (hop_p99,) = scraped.values(
+            by_title[("Time the hop added to the first byte", "B")], variables
+        )
+        assert 0 < hop_p50 <= hop_p99 < upstream_p50, (route, hop_p50, hop_p99, upstream_p50)
+    # On a route that relays nothing, the downstream side is empty.
+    other = scraped.variables("/v1/events")
+    assert scraped.values(by_title[("First byte: upstream vs downstream", "C")], other) == []

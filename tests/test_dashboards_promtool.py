@@ -4,8 +4,8 @@ and the job/instance/route filters keep other targets and routes out."""
 
 from __future__ import annotations
 
+import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,33 @@ import pytest
 import yaml
 from dashboards import live, promql
 
+from tests import processes
+
 ROUTE = "/v1/chat/completions"
 TARGET = {"job": "api", "instance": "10.0.0.1:9464", "http_route": ROUTE}
 # Noise the filters must keep out: another route of the same target, another job.
 OTHER_ROUTE = {**TARGET, "http_route": "/v1/other"}
 OTHER_JOB = {"job": "batch", "instance": "10.0.0.2:9464", "http_route": ROUTE}
+# The client side: the same target's calls to its upstreams (no route), and noise from
+# another instance of the job and from another job.
+UPSTREAM = {
+    "job": "api",
+    "instance": "10.0.0.1:9464",
+    "http_request_method": "POST",
+    "server_address": "api.openai.com",
+    "server_port": "443",
+    "http_response_status_code": "200",
+}
+CLIENT_NOISE = (
+    {**UPSTREAM, "instance": "10.0.0.3:9464"},
+    {**UPSTREAM, "job": "batch", "instance": "10.0.0.2:9464"},
+)
+CLIENT_TERMINATIONS = [  # per minute, the target: (host, reason, count)
+    ("api.openai.com", "completed", 50),
+    ("api.openai.com", "consumer_closed", 5),
+    ("api.anthropic.com", "completed", 20),
+    ("api.anthropic.com", "server_disconnect", 3),
+]
 PICKED = {"job": "api", "instance": "10.0.0.1:9464", "route": ROUTE, "__rate_interval": "5m"}
 ALL = {"job": "api", "instance": ".*", "route": ".*", "__rate_interval": "5m"}
 
@@ -68,6 +90,10 @@ EXPECTED: dict[tuple[str, str, str], dict[str, float]] = {
         '{gen_ai_response_finish_reason="length"}': 10 / 60,
     },
     ("otel-stream-llm", "Incomplete answers", "A"): {R: 2 / 60},
+    ("otel-stream-llm", "Upstream streams by how they ended", "A"): {
+        f'{{http_stream_termination_reason="{reason}", server_address="{host}"}}': count / 60
+        for host, reason, count in CLIENT_TERMINATIONS
+    },
     ("otel-stream-llm", "Incomplete answers", "B"): {
         '{gen_ai_response_finish_reason="length"}': 10 / 60
     },
@@ -79,6 +105,10 @@ EXPECTED_ALL: dict[tuple[str, str, str], dict[str, float]] = {
         '{http_stream_phase="streaming"}': 12,
     },
     ("otel-stream-overview", "Requests per second", "A"): {"{}": 200 / 60},
+    # The downstream side of the hop row stays on the routes that relay (the other
+    # route has no hop series): the target's quantiles, though its TTFB is in the mix.
+    ("otel-stream-llm", "First byte: upstream vs downstream", "C"): {"{}": QUANTILES[0.5]},
+    ("otel-stream-llm", "First token: upstream vs downstream", "D"): {"{}": QUANTILES[0.99]},
 }
 
 
@@ -92,20 +122,29 @@ def input_series() -> list[dict[str, str]]:
     def add(name: str, label_set: dict[str, str], per_minute: float) -> None:
         series.append({"series": name + labels(label_set), "values": f"0+{per_minute}x15"})
 
-    for name, kind in promql.METRICS.items():
+    noise = dict.fromkeys(BUCKETS, 100)
+    for name, kind in promql.ALL_METRICS.items():
         if kind != "histogram":
             continue
-        for owner, counts in (
-            (TARGET, BUCKETS),
-            (OTHER_ROUTE, dict.fromkeys(BUCKETS, 100)),
-            (OTHER_JOB, dict.fromkeys(BUCKETS, 100)),
-        ):
+        if name.startswith("http_client_"):
+            owners = [(UPSTREAM, BUCKETS), *((other, noise) for other in CLIENT_NOISE)]
+        elif name == promql.HOP_TTFB:  # the other route relays nothing
+            owners = [(TARGET, BUCKETS), (OTHER_JOB, noise)]
+        else:
+            owners = [(TARGET, BUCKETS), (OTHER_ROUTE, noise), (OTHER_JOB, noise)]
+        for owner, counts in owners:
             for le, count in counts.items():
                 add(f"{name}_bucket", {**owner, "le": le}, count)
             add(f"{name}_count", owner, 100)
             add(f"{name}_sum", owner, SUMS.get(name, 30) if owner is TARGET else 1)
     for extra, per_minute in TERMINATIONS:
         add(promql.TERMINATIONS, {**TARGET, **extra}, per_minute)
+    for host, reason, per_minute in CLIENT_TERMINATIONS:
+        ended = {"server_address": host, "http_stream_termination_reason": reason}
+        add(promql.CLIENT_TERMINATIONS, {**UPSTREAM, **ended}, per_minute)
+    for other in CLIENT_NOISE:
+        ended = {"http_stream_termination_reason": "completed"}
+        add(promql.CLIENT_TERMINATIONS, {**other, **ended}, 100)
     waiting = {
         "http_stream_termination_reason": "client_disconnect",
         "http_stream_phase": "waiting",
@@ -144,12 +183,20 @@ def case(expr: str, expected: dict[str, float]) -> dict[str, Any]:
         value = expected["{}"]
         check = f"abs(({expr}) - {value!r}) <= bool {1e-9 * max(1.0, abs(value))!r}"
     else:
-        (label,) = {key[1:].split("=")[0] for key in expected}
+        label_sets = [dict(re.findall(r'(\w+)="([^"]*)"', key)) for key in expected]
+        (names,) = {tuple(sorted(labels)) for labels in label_sets}
+
+        def vector_of(value: float, labels: dict[str, str]) -> str:
+            text = f"vector({value!r})"
+            for name, label_value in labels.items():
+                text = f'label_replace({text}, "{name}", "{label_value}", "", "")'
+            return text
+
         reference = " or ".join(
-            f'label_replace(vector({value!r}), "{label}", "{key.split(chr(34))[1]}", "", "")'
-            for key, value in expected.items()
+            vector_of(value, labels)
+            for labels, value in zip(label_sets, expected.values(), strict=True)
         )
-        check = f"abs(({expr}) - on ({label}) ({reference})) <= bool 1e-9"
+        check = f"abs(({expr}) - on ({', '.join(names)}) ({reference})) <= bool 1e-9"
     return {
         "expr": check,
         "eval_time": "10m",
@@ -177,32 +224,40 @@ def test_panel_queries_compute_what_they_say(tmp_path: Path) -> None:
     }
     path = tmp_path / "dashboards_test.yml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False, width=10_000))
-    result = subprocess.run(
-        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
-    )
+    result = processes.run([promtool, "test", "rules", str(path)], timeout=60)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
 
 
-def test_a_broken_filter_would_fail(tmp_path: Path) -> None:
-    """The synthetic noise is there to be kept out: without the route filter p50 moves."""
+BROKEN = {
+    # Without the route filter, p50 moves (the other route's buckets come in).
+    "route filter dropped": (
+        promql.quantile(0.5, promql.TTFB).replace('http_route=~"$route"', 'http_route=~".*"'),
+        PICKED,
+    ),
+    # The hop row's downstream side without its "routes that relay" restriction.
+    "relaying routes dropped": (promql.quantile(0.5, promql.TTFB), ALL),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN))
+def test_a_broken_filter_would_fail(tmp_path: Path, broken: str) -> None:
+    """The synthetic noise is there to be kept out: without a filter p50 moves."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (Debian package prometheus)")
-    expr = promql.quantile(0.5, promql.TTFB).replace('http_route=~"$route"', 'http_route=~".*"')
+    expr, variables = BROKEN[broken]
     spec = {
         "evaluation_interval": "1m",
         "tests": [
             {
                 "interval": "1m",
                 "input_series": input_series(),
-                "promql_expr_test": [case(live.substitute(expr, PICKED), {"{}": 0.3125})],
+                "promql_expr_test": [case(live.substitute(expr, variables), {"{}": 0.3125})],
             }
         ],
     }
     path = tmp_path / "broken_test.yml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False, width=10_000))
-    result = subprocess.run(
-        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
-    )
+    result = processes.run([promtool, "test", "rules", str(path)], timeout=60)
     assert result.returncode != 0
     assert "FAILED" in result.stdout + result.stderr

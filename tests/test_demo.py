@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -26,7 +25,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_stream.cli import main
-from tests.cli_support import clean_env, run_cli
+from tests import processes
+from tests.cli_support import run_cli
+from tests.processes import child_environment
 
 EVERY_END = [
     ("completed", "streaming"),
@@ -98,7 +99,9 @@ def exported_terminations(receiver: OtlpReceiver) -> float:
 
 @pytest.mark.slow
 def test_demo_report_agrees_with_the_clients_and_is_exported(otlp: OtlpReceiver) -> None:
-    env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url, OTEL_SERVICE_NAME="demo-under-test")
+    env = child_environment(
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url, OTEL_SERVICE_NAME="demo-under-test"
+    )
     result = run_cli(
         "demo", "--seconds", "5", "--concurrency", "8", "--seed", "7", "--json", env=env
     )
@@ -213,7 +216,7 @@ COARSE = {
 
 def test_coarse_buckets_fail_the_report_and_its_exit_status() -> None:
     args = ("demo", "--requests", "12", "--concurrency", "6", "--long-stream", "1", "--seed", "1")
-    result = run_cli(*args, env=clean_env(**COARSE))
+    result = run_cli(*args, env=child_environment(**COARSE))
     assert result.returncode == 2, result.stdout + result.stderr
     out = result.stdout
     assert "✓ every mark passed." not in out
@@ -223,7 +226,7 @@ def test_coarse_buckets_fail_the_report_and_its_exit_status() -> None:
     assert first_byte.rstrip().endswith("✗")
     assert "is coarser than the default buckets allow there" in out
 
-    as_json = run_cli(*args, "--json", env=clean_env(**COARSE))
+    as_json = run_cli(*args, "--json", env=child_environment(**COARSE))
     assert as_json.returncode == 2, as_json.stderr
     assert "Infinity" not in as_json.stdout  # strict JSON: --requests leaves seconds unset
     report = json.loads(as_json.stdout)
@@ -278,9 +281,7 @@ def test_missing_demo_extra_is_explained_without_a_traceback(command: str) -> No
         f"sys.exit(main([{command!r}, 'http://127.0.0.1:9/'] if {command!r} == 'probe' "
         f"else [{command!r}]))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = processes.run([sys.executable, "-c", code], timeout=60)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"'{missing}'" in result.stderr
@@ -289,7 +290,7 @@ def test_missing_demo_extra_is_explained_without_a_traceback(command: str) -> No
 
 def test_bad_exporter_name_is_one_line() -> None:
     result = run_cli(
-        "demo", "--requests", "1", env=clean_env(OTEL_TRACES_EXPORTER="no_such_exporter")
+        "demo", "--requests", "1", env=child_environment(OTEL_TRACES_EXPORTER="no_such_exporter")
     )
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0

@@ -10,7 +10,6 @@ import math
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -33,12 +32,6 @@ from tests.otlp_receiver import OTLPReceiver
 from tests.servers import SERVERS, wait_until
 
 STREAMS = 6
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as running:
-        yield running
 
 
 @pytest.fixture

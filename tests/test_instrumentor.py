@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -23,7 +22,8 @@ from starlette.routing import Route
 
 from otel_stream import StreamingInstrumentor, StreamingMiddleware
 from otel_stream.instrumentor import AutoStreamingMiddleware
-from tests.auto_support import python_path
+from tests import processes
+from tests.processes import child_environment
 from tests.servers import SERVERS, serve, wait_until
 from tests.telemetry_harness import Telemetry
 
@@ -296,13 +296,11 @@ _CHECK_PATCHES = textwrap.dedent(
 
 def test_patches_wait_for_their_module_and_uninstrument_restores_each() -> None:
     # A fresh interpreter: importing daphne installs Twisted's reactor for the process.
-    result = subprocess.run(
+    result = processes.run(
         [sys.executable, "-c", _CHECK_PATCHES],
-        capture_output=True,
-        text=True,
         timeout=60,
         check=True,
-        env={"PATH": str(Path(sys.executable).parent), "PYTHONPATH": python_path()},
+        env=child_environment(inherit=False),
     )
     report = json.loads(result.stdout.strip().splitlines()[-1])
     every = sorted(

@@ -8,7 +8,6 @@ loads contrib's FastAPI instrumentor when it is installed) and of
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,12 +42,6 @@ STARLETTE_BUILTIN = [
     f"    {ROUTE} stream (INTERNAL, otel_stream)",
 ]
 ALONE = [f"{ROUTE} (SERVER, otel_stream)", f"  {ROUTE} stream (INTERNAL, otel_stream)"]
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as receiver:
-        yield receiver
 
 
 @pytest.mark.parametrize(

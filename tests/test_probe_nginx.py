@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cli_support import NGINX, clean_env, demo_server, nginx, run_cli, wait_for_port
+from tests.cli_support import NGINX, demo_server, nginx, run_cli, wait_for_port
+from tests.processes import child_environment
 from tests.servers import free_port, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -72,7 +73,7 @@ def test_accel_buffering_header_from_the_app_rescues_both_buffering_configuratio
     """With the middleware's ``accel_buffering_header``, nginx turns its buffering off for
     that response, and its gzip filter then flushes every chunk: the stream survives
     both configurations that buffer above."""
-    env = clean_env(OTEL_STREAM_ACCEL_BUFFERING_HEADER="true")
+    env = child_environment(OTEL_STREAM_ACCEL_BUFFERING_HEADER="true")
     with demo_server(env=env) as (app_url, _):
         direct_code, direct = probe(app_url)
         with nginx(app_url, GZIP_SSE) as url:
