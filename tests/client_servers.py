@@ -121,12 +121,38 @@ async def without_done(request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+async def ollama_chat(request: Request) -> Response:
+    """An Ollama-style NDJSON chat stream ending with ``"done": true``."""
+
+    async def lines() -> AsyncIterator[bytes]:
+        for word in ANTHROPIC_WORDS:
+            line = {"model": "llama-demo", "message": {"role": "assistant", "content": word}}
+            yield (json.dumps({**line, "done": False}) + "\n").encode()
+        end = {"model": "llama-demo", "done": True, "done_reason": "stop", "eval_count": 4}
+        yield (json.dumps({**end, "prompt_eval_count": 3}) + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def plain_chunks(request: Request) -> Response:
+    """A chunked ``text/plain`` body without a length: a stream by its framing alone."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for index in range(3):
+            await asyncio.sleep(0.005)
+            yield f"line {index}\n".encode()
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
 def upstream_app(behaviour: Behaviour | None = None) -> Starlette:
     """The fake model with the extra endpoints of this module."""
     app = create_app(behaviour or Behaviour(tokens=6, ttft=0.05, token_interval=0.005))
     app.router.routes.append(Route("/v1/messages", anthropic_messages, methods=["POST"]))
     app.router.routes.append(Route("/echo", echo_trace_headers, methods=["GET", "POST"]))
     app.router.routes.append(Route("/without-done", without_done, methods=["POST"]))
+    app.router.routes.append(Route("/api/chat", ollama_chat, methods=["POST"]))
+    app.router.routes.append(Route("/plain", plain_chunks, methods=["GET"]))
     return app
 
 
