@@ -383,3 +383,36 @@ def test_a_client_error_status_marks_the_request_span(clients: Telemetry, upstre
     assert not span.status.is_ok
     assert span.attributes["http.stream.termination_reason"] == "completed"
     assert "http.stream.send_wait" not in span.attributes
+
+
+def test_a_misspelt_option_is_a_type_error_listing_the_valid_ones() -> None:
+    instrumentor = StreamingClientInstrumentor()
+    with pytest.raises(TypeError, match=r"'ttfb_bucket'; valid options: .*ttfb_buckets"):
+        instrumentor.instrument(ttfb_bucket=[0.1, 1.0])
+    with pytest.raises(TypeError, match="'cancel_on_disconnect'"):  # a server-side setting
+        instrumentor.instrument(cancel_on_disconnect=True)
+    assert not instrumentor.is_instrumented_by_opentelemetry
+    assert not hasattr(vars(httpx.Client)["send"], "__wrapped__")
+
+
+def test_a_response_being_read_when_uninstrumented_finishes_its_telemetry(
+    telemetry: Telemetry, upstream: str
+) -> None:
+    instrumentor = StreamingClientInstrumentor()
+    instrumentor.instrument(**telemetry.providers)
+    with (
+        httpx.Client() as client,
+        client.stream(
+            "POST", upstream + "/v1/chat/completions", json=CHAT_BODY, headers={"x-demo-ttft": "0"}
+        ) as response,
+    ):
+        chunks = response.iter_raw()
+        next(chunks)
+        instrumentor.uninstrument()
+        body = b"".join(chunks)
+        client.get(upstream + "/echo")  # after uninstrument: not recorded
+
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert sorted(telemetry.names()) == ["POST", "POST stream"]
+    stream = telemetry.span("POST stream")
+    assert stream.attributes["http.stream.termination_reason"] == "completed"
