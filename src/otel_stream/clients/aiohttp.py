@@ -30,6 +30,16 @@ from otel_stream.guard import failsafe
 from otel_stream.recorder import Recorder
 
 
+def _url(session: Any, str_or_url: Any) -> Any:
+    """The request's ``yarl.URL``, joined to the session's base URL as aiohttp does."""
+    build = getattr(session, "_build_url", None)
+    if callable(build):
+        return build(str_or_url)
+    from yarl import URL
+
+    return URL(str_or_url)
+
+
 def traced_by_opentelemetry(session: Any) -> bool:
     """True when contrib's aiohttp instrumentation traces this session."""
     configs = getattr(session, "_trace_configs", None) or ()
@@ -147,7 +157,7 @@ def request_wrapper(recorder: Callable[[], Recorder | None]) -> Callable[..., An
             return await wrapped(*args, **kwargs)
         call = None
         with failsafe("aiohttp request start"):
-            url = instance._build_url(args[1])
+            url = _url(instance, args[1])
             call = ClientCall(
                 current,
                 str(args[0]),
