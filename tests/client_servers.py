@@ -134,6 +134,18 @@ async def ollama_chat(request: Request) -> Response:
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
+async def pinged(request: Request) -> Response:
+    """SSE with a comment (``: ping``) while the model thinks, then the answer."""
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b": ping\n\n"
+        await asyncio.sleep(0.1)
+        yield b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 async def plain_chunks(request: Request) -> Response:
     """A chunked ``text/plain`` body without a length: a stream by its framing alone."""
 
@@ -153,6 +165,7 @@ def upstream_app(behaviour: Behaviour | None = None) -> Starlette:
     app.router.routes.append(Route("/without-done", without_done, methods=["POST"]))
     app.router.routes.append(Route("/api/chat", ollama_chat, methods=["POST"]))
     app.router.routes.append(Route("/plain", plain_chunks, methods=["GET"]))
+    app.router.routes.append(Route("/pinged", pinged, methods=["GET"]))
     return app
 
 

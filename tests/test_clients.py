@@ -416,3 +416,27 @@ def test_a_response_being_read_when_uninstrumented_finishes_its_telemetry(
     assert sorted(telemetry.names()) == ["POST", "POST stream"]
     stream = telemetry.span("POST stream")
     assert stream.attributes["http.stream.termination_reason"] == "completed"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["Client", "AsyncClient"])
+def test_an_sse_ping_is_not_the_first_byte(
+    clients: Telemetry, upstream: str, asynchronous: bool
+) -> None:
+    async def read_async() -> bytes:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(upstream + "/pinged")).content
+
+    if asynchronous:
+        body = asyncio.run(read_async())
+    else:
+        with httpx.Client() as client:
+            body = client.get(upstream + "/pinged").content
+
+    assert body.startswith(b": ping")
+    request = clients.span("GET")
+    ttfb = request.attributes["http.stream.time_to_first_byte"]
+    assert ttfb >= 0.1  # the data event, not the ping
+    assert request.attributes["http.stream.time_to_first_raw_byte"] < ttfb
+    stream = clients.span("GET stream")
+    assert stream.attributes["http.stream.chunks"] == 3
+    assert stream.attributes["http.stream.termination_reason"] == "completed"

@@ -142,3 +142,17 @@ def test_a_chunked_body_without_a_length_is_a_stream(clients: Telemetry, upstrea
     assert stream.attributes["http.stream.termination_reason"] == "completed"
     assert stream.attributes["http.stream.bytes"] == 21
     assert "http.stream.events" not in stream.attributes  # not an LLM format
+
+
+def test_an_sse_ping_is_not_the_first_byte(clients: Telemetry, upstream: str) -> None:
+    async def main() -> bytes:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(upstream + "/pinged") as response,
+        ):
+            return b"".join([chunk async for chunk in response.content.iter_any()])
+
+    assert asyncio.run(main()).startswith(b": ping")
+    request = clients.span("GET")
+    assert request.attributes["http.stream.time_to_first_byte"] >= 0.1
+    assert clients.span("GET stream").attributes["http.stream.termination_reason"] == "completed"

@@ -120,8 +120,10 @@ def stream_classes(module: ModuleType) -> tuple[type[Any], type[Any]]:
                         call.arrived(chunk, perf_counter())
                         yield chunk
                         call.settle()
-                        break
-                    yield chunk
+                        if call.first_byte_recorded:  # not an SSE ping before it
+                            break
+                    else:
+                        yield chunk
                 settle = call.settle
                 for chunk in chunks:  # the per-chunk path: note, hand on, count
                     if chunk:
@@ -164,8 +166,10 @@ def stream_classes(module: ModuleType) -> tuple[type[Any], type[Any]]:
                         call.arrived(chunk, perf_counter())
                         yield chunk
                         call.settle()
-                        break
-                    yield chunk
+                        if call.first_byte_recorded:  # not an SSE ping before it
+                            break
+                    else:
+                        yield chunk
                 settle = call.settle
                 async for chunk in chunks:  # the per-chunk path: note, hand on, count
                     if chunk:
