@@ -11,9 +11,10 @@ Choices made on purpose:
   ``read``). It is replaced by a thin proxy whose read methods note what each returned
   and count it when the caller comes back for more (forward first); everything else
   goes to the real reader, which the connection keeps feeding.
-* **The end.** A read that returns the end of the body; a read that raises; the caller
-  releasing or closing the response first (aiohttp then sets "Connection closed" on
-  the content, which the proxy sees); or the proxy dropped unread.
+* **The end.** A read that returns the end of the body (recorded once the caller comes
+  back: the read after it, the release, or the response dropped); a read that raises;
+  the caller releasing or closing the response first (aiohttp then sets "Connection
+  closed" on the content, which the proxy sees); or the proxy dropped unread.
 """
 
 from __future__ import annotations
@@ -76,10 +77,14 @@ class ObservedContent:
             call.end(error=error)
             raise
         data = data_of(result)
+        at = perf_counter()
         if data:
-            call.arrived(data, perf_counter())
+            call.arrived(data, at)
         if self._reader.at_eof():
-            call.end(body_complete=True)
+            if data:  # recorded on the next read, the release, or when dropped
+                call.body_ended(at)
+            else:
+                call.end(body_complete=True)
         return result
 
     async def read(self, n: int = -1) -> bytes:
