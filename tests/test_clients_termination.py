@@ -66,10 +66,14 @@ def test_the_exchange_decides_from_its_phase() -> None:
     assert exchange.client_outcome(None, payload_truncated=True) == "incomplete"
 
 
+def handling_a_reset() -> None:
+    try:
+        raise ConnectionResetError
+    except ConnectionResetError:
+        raise ValueError("while handling") from None
+
+
 def test_a_cause_chain_is_followed_only_through_causes() -> None:
     with pytest.raises(ValueError, match="while handling") as caught:
-        try:
-            raise ConnectionResetError
-        except ConnectionResetError:
-            raise ValueError("while handling") from None
+        handling_a_reset()
     assert not termination.is_server_disconnect(caught.value)  # a context is not a cause
