@@ -327,14 +327,16 @@ def test_a_telemetry_failure_never_reaches_the_caller(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from otel_stream import guard
-    from otel_stream.recorder import Record
+    from otel_stream.clients import instrumentor as client_instrumentor
 
     monkeypatch.setattr(guard, "_logged", set())  # this test sees the first failure logged
 
-    def broken(*args: object) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("telemetry bug")
 
-    monkeypatch.setattr(Record, "_record_end", broken)
+    recorder = client_instrumentor._state.recorder
+    assert recorder is not None
+    monkeypatch.setattr(recorder.instruments.terminations, "add", broken)
     answers = [stream_chat(upstream) for _ in range(2)]
 
     assert all(answer.strip().startswith("A streaming answer") for answer in answers)
