@@ -8,10 +8,17 @@ from otel_stream.asgi import StreamingMiddleware
 from otel_stream.version import __version__
 
 if TYPE_CHECKING:
+    from otel_stream.clients import StreamingClientInstrumentor
     from otel_stream.instrumentor import StreamingInstrumentor
     from otel_stream.wsgi import StreamingWSGIMiddleware
 
-__all__ = ["StreamingInstrumentor", "StreamingMiddleware", "StreamingWSGIMiddleware", "__version__"]
+__all__ = [
+    "StreamingClientInstrumentor",
+    "StreamingInstrumentor",
+    "StreamingMiddleware",
+    "StreamingWSGIMiddleware",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +32,8 @@ def __getattr__(name: str) -> Any:
         from otel_stream.instrumentor import StreamingInstrumentor
 
         return StreamingInstrumentor
+    if name == "StreamingClientInstrumentor":
+        from otel_stream.clients import StreamingClientInstrumentor
+
+        return StreamingClientInstrumentor
     raise AttributeError(f"module 'otel_stream' has no attribute {name!r}")
