@@ -201,7 +201,11 @@ def test_a_client_that_closes_mid_stream_is_a_client_disconnect(
     stream = served.exchange(test_id).stream
     assert stream is not None
     assert stream.attributes["http.stream.termination_reason"] == "client_disconnect"
-    assert 4 <= stream.attributes["http.stream.chunks"] < 500
+    # Items 0 to 2 were written whole before the client read item 3; item 3 itself counts
+    # only if its write finished: a server may write a chunk's data and its chunked-coding
+    # line end separately, and a reset can fail the second write (the failed item is not
+    # counted, by design).
+    assert 3 <= stream.attributes["http.stream.chunks"] < 500
     assert stream.end_ns > closed_ns  # ended when the server found out, not at the 500th
 
 
