@@ -51,11 +51,6 @@ from opentelemetry.instrumentation.asgi import (
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, TracerProvider
 from opentelemetry.util.http import (
-    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
-    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
-    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE,
-    SanitizeValue,
-    get_custom_headers,
     normalise_request_header_name,
     normalise_response_header_name,
     sanitize_method,
@@ -71,7 +66,8 @@ from otel_stream.exchange import Exchange, Phase, current_exchange
 from otel_stream.guard import failsafe, guarded, log_failure
 from otel_stream.payloads import PayloadReader, PayloadSummary, make_reader
 from otel_stream.payloads.events import sse_chunk_has_event
-from otel_stream.recorder import Record, Recorder, server_parent
+from otel_stream.recorder import Record, server_parent
+from otel_stream.server import ServerMiddleware
 
 ServerRequestHook = Callable[[Span, Scope], None]
 
@@ -95,7 +91,7 @@ _STREAMING_TYPES = (
 _ACCEL_BUFFERING = b"x-accel-buffering"
 
 
-class StreamingMiddleware:
+class StreamingMiddleware(ServerMiddleware):
     """Trace and measure streaming HTTP responses, split at the first body byte.
 
     Args:
@@ -133,30 +129,12 @@ class StreamingMiddleware:
         cancel_on_disconnect: bool | None = None,
     ) -> None:
         self.app = app
-        self.settings = Settings.from_options(**given_settings(locals()))
-        self.has_excluded_urls = self.settings.has_excluded_urls
-        self.server_request_hook = server_request_hook
-        self.tracer_provider = tracer_provider
-        self.meter_provider = meter_provider
-        self._active = self.settings.enabled
-        # Headers reach spans only when allowlisted by the standard OTel variables.
-        self.request_headers = get_custom_headers(
-            OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST
+        self.set_up(
+            Settings.from_options(**given_settings(locals())),
+            tracer_provider,
+            meter_provider,
+            server_request_hook,
         )
-        self.response_headers = get_custom_headers(
-            OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE
-        )
-        self.sanitize_headers = SanitizeValue(
-            get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS)
-        )
-        self.recorder: Recorder | None = None
-        try:
-            self.recorder = Recorder(self.settings, tracer_provider, meter_provider)
-        except Exception as error:
-            log_failure("setup", error)
-            self._active = False
-        if self._active:
-            shutdown.register(tracer_provider, meter_provider)
         #: Given a Starlette or FastAPI app, the work is done inside its stack.
         self.moved_inside = self._active and _move_inside(app, self)
 

@@ -58,24 +58,20 @@ from opentelemetry.instrumentation.wsgi import collect_request_attributes, wsgi_
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, TracerProvider
 from opentelemetry.util.http import (
-    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
-    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
-    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE,
-    SanitizeValue,
-    get_custom_headers,
     normalise_request_header_name,
     normalise_response_header_name,
     sanitize_method,
 )
 
 from otel_stream import attributes as a
-from otel_stream import shutdown, termination
+from otel_stream import termination
 from otel_stream.config import Settings, explain_unknown_options, given_settings
 from otel_stream.exchange import Exchange, Phase, current_exchange
 from otel_stream.guard import failsafe, log_failure
 from otel_stream.payloads import PayloadReader, PayloadSummary, make_reader
 from otel_stream.payloads.events import sse_chunk_has_event
-from otel_stream.recorder import Record, Recorder, server_parent
+from otel_stream.recorder import Record, server_parent
+from otel_stream.server import ServerMiddleware
 from otel_stream.wsgi.routes import install_django_route_hook, route_of
 
 Environ = dict[str, Any]
@@ -96,7 +92,7 @@ _STREAMING_TYPES = (
 )
 
 
-class StreamingWSGIMiddleware:
+class StreamingWSGIMiddleware(ServerMiddleware):
     """Trace and measure streaming WSGI responses, split at the first body byte.
 
     Args:
@@ -136,32 +132,15 @@ class StreamingWSGIMiddleware:
         cancel_on_disconnect: bool | None = None,
     ) -> None:
         self.app = app
-        self.settings = Settings.from_options(**given_settings(locals()))
-        self.server_request_hook = server_request_hook
-        self.tracer_provider = tracer_provider
-        self.meter_provider = meter_provider
-        self._active = self.settings.enabled
-        # Headers reach spans only when allowlisted by the standard OTel variables.
-        self.request_headers = get_custom_headers(
-            OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST
+        self.set_up(
+            Settings.from_options(**given_settings(locals())),
+            tracer_provider,
+            meter_provider,
+            server_request_hook,
         )
-        self.response_headers = get_custom_headers(
-            OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE
-        )
-        self.sanitize_headers = SanitizeValue(
-            get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS)
-        )
-        self.recorder: Recorder | None = None
-        try:
-            self.recorder = Recorder(self.settings, tracer_provider, meter_provider)
-        except Exception as error:
-            log_failure("setup", error)
-            self._active = False
-        if self._active:
-            shutdown.register(tracer_provider, meter_provider)
-            if "django.core.handlers.base" in sys.modules:
-                with failsafe("Django route hook"):
-                    install_django_route_hook()
+        if self._active and "django.core.handlers.base" in sys.modules:
+            with failsafe("Django route hook"):
+                install_django_route_hook()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if not self._active or ENVIRON_KEY in environ:
