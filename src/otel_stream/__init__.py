@@ -8,9 +8,15 @@ from otel_stream.asgi import StreamingMiddleware
 from otel_stream.version import __version__
 
 if TYPE_CHECKING:
+    from otel_stream.clients import StreamingClientInstrumentor
     from otel_stream.instrumentor import StreamingInstrumentor
 
-__all__ = ["StreamingInstrumentor", "StreamingMiddleware", "__version__"]
+__all__ = [
+    "StreamingClientInstrumentor",
+    "StreamingInstrumentor",
+    "StreamingMiddleware",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +25,8 @@ def __getattr__(name: str) -> Any:
         from otel_stream.instrumentor import StreamingInstrumentor
 
         return StreamingInstrumentor
+    if name == "StreamingClientInstrumentor":
+        from otel_stream.clients import StreamingClientInstrumentor
+
+        return StreamingClientInstrumentor
     raise AttributeError(f"module 'otel_stream' has no attribute {name!r}")

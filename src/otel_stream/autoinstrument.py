@@ -70,9 +70,11 @@ def _start() -> None:
         return
     if disabled_by_opentelemetry():
         return
+    from otel_stream.clients.instrumentor import instrument_clients
     from otel_stream.instrumentor import StreamingInstrumentor
 
     StreamingInstrumentor().instrument(configure_sdk=True)
+    instrument_clients()
 
 
 def _enabled() -> bool:

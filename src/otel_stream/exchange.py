@@ -182,6 +182,21 @@ class Exchange:
             payload_truncated=payload_truncated,
         )
 
+    def client_outcome(
+        self,
+        error: BaseException | None,
+        *,
+        payload_truncated: bool = False,
+        payload_whole: bool = False,
+    ) -> str:
+        """The client-side termination reason (an outgoing call), decided before :meth:`end`."""
+        return termination.classify_client(
+            error=error,
+            body_complete=self.phase is Phase.COMPLETE,
+            payload_truncated=payload_truncated,
+            payload_whole=payload_whole,
+        )
+
     def end(self, now: float) -> None:
         """The exchange is over: fix its end time and counts."""
         if self.peer_left:

@@ -67,15 +67,29 @@ GEN_AI_OPT_IN: Final = "gen_ai_latest_experimental"
 
 @dataclass(frozen=True)
 class Side:
-    """Server or client: the prefix of the instrument names and the span kind."""
+    """Server or client: the prefix of the instrument names and the span kind.
+
+    ``error_status``: the lowest HTTP status that marks the request span as an error
+    (5xx for a server, 4xx too for a client, as the HTTP conventions say);
+    ``backpressure``: whether the time the peer held the adapter back is measured
+    (``send_wait``: a server awaits its ``send``; a client's caller reads at will).
+    """
 
     prefix: str
     kind: SpanKind
     gen_ai_prefix: str
+    error_status: int = 500
+    backpressure: bool = True
 
 
 SERVER: Final = Side("http.server.stream", SpanKind.SERVER, "gen_ai.server")
-CLIENT: Final = Side("http.client.stream", SpanKind.CLIENT, "gen_ai.client")
+CLIENT: Final = Side(
+    "http.client.stream", SpanKind.CLIENT, "gen_ai.client", error_status=400, backpressure=False
+)
+#: Reasons whose span carries the error's class (``error.type``) and the exception.
+_ERROR_REASONS: Final = frozenset(
+    {termination.APP_ERROR, termination.ERROR, termination.SERVER_DISCONNECT}
+)
 
 #: (attribute of Instruments, name after the side's prefix, unit, description, buckets setting)
 _HISTOGRAMS: Final = (
@@ -133,7 +147,11 @@ _HISTOGRAMS: Final = (
     ),
 )
 
-#: (attribute of Instruments, server name, client name, unit, description, buckets setting)
+#: Token counts: the GenAI conventions' advice (powers of 4), not a setting.
+_TOKEN_BUCKETS: Final = tuple(float(4**i) for i in range(14))
+
+#: (attribute of Instruments, server name, client name, unit, description, buckets setting;
+#: None: the token counts')
 _GEN_AI_HISTOGRAMS: Final = (
     (
         "time_to_first_token",
@@ -158,6 +176,14 @@ _GEN_AI_HISTOGRAMS: Final = (
         "s",
         "Duration of the GenAI request (GenAI semantic conventions).",
         "duration_buckets",
+    ),
+    (
+        "token_usage",
+        None,
+        "token.usage",
+        "{token}",
+        "Number of input and output tokens used (GenAI semantic conventions).",
+        None,
     ),
 )
 
@@ -249,17 +275,19 @@ class GenAiInstruments:
     time_to_first_token: Histogram
     time_per_output_token: Histogram | None
     duration: Histogram
+    token_usage: Histogram | None
 
     def __init__(self, meter: Meter, settings: Settings, side: Side = SERVER) -> None:
         for attribute, server_name, client_name, unit, description, bounds in _GEN_AI_HISTOGRAMS:
             name = server_name if side is SERVER else client_name
             instrument = None
             if name is not None:
+                boundaries = _TOKEN_BUCKETS if bounds is None else getattr(settings, bounds)
                 instrument = meter.create_histogram(
                     f"{side.gen_ai_prefix}.{name}",
                     unit=unit,
                     description=description,
-                    explicit_bucket_boundaries_advisory=list(getattr(settings, bounds)),
+                    explicit_bucket_boundaries_advisory=list(boundaries),
                 )
             setattr(self, attribute, instrument)
 
@@ -359,6 +387,8 @@ class Recorder:
         tracer_provider: Tracer provider to use; the global one if None.
         meter_provider: Meter provider to use; the global one if None.
         side: ``SERVER`` or ``CLIENT``.
+        provider_name: ``gen_ai.provider.name`` of the GenAI metrics, when known for
+            certain (a keyword of the user's); never guessed from a payload.
     """
 
     def __init__(
@@ -367,9 +397,11 @@ class Recorder:
         tracer_provider: TracerProvider | None,
         meter_provider: MeterProvider | None,
         side: Side = SERVER,
+        provider_name: str | None = None,
     ) -> None:
         self.settings = settings
         self.side = side
+        self.provider_name = provider_name
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.tracer = get_tracer(tracer_provider)
@@ -468,7 +500,7 @@ class Record:
             span.set_attribute(a.HTTP_RESPONSE_STATUS_CODE, status)
             if span_attributes:
                 span.set_attributes(span_attributes)
-            if status >= 500:
+            if status >= self.recorder.side.error_status:
                 span.set_attribute(a.ERROR_TYPE, str(status))
                 span.set_status(Status(StatusCode.ERROR))
 
@@ -492,9 +524,8 @@ class Record:
                 span.set_attribute(a.STREAM_UPSTREAM_TIME_TO_FIRST_BYTE, upstream)
             if exchange.streamed:
                 first_byte_ns = self._ns(at)
-                stream_attributes: dict[str, Any] = {a.HTTP_REQUEST_METHOD: self.method}
-                if self.route:
-                    stream_attributes[a.HTTP_ROUTE] = self.route
+                stream_attributes = self._method_and_route()
+                stream_attributes[a.HTTP_REQUEST_METHOD] = self.method
                 self.stream_span = self.recorder.tracer.start_span(
                     f"{self.span_name} stream",
                     context=self.context,
@@ -545,7 +576,7 @@ class Record:
         stream_span = self.stream_span
         span = stream_span if stream_span is not None else self.request_span
         span.set_attribute(a.TERMINATION_REASON, reason)
-        if reason == termination.APP_ERROR and error is not None:
+        if reason in _ERROR_REASONS and error is not None:
             span.set_attribute(a.ERROR_TYPE, type(error).__qualname__)
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
@@ -559,14 +590,20 @@ class Record:
         metric_attributes = self.metric_attributes
         termination_attributes: dict[str, Any] = {
             key: metric_attributes[key]
-            for key in (a.HTTP_REQUEST_METHOD, a.HTTP_ROUTE, a.HTTP_RESPONSE_STATUS_CODE)
+            for key in (
+                a.HTTP_REQUEST_METHOD,
+                a.HTTP_ROUTE,
+                a.SERVER_ADDRESS,
+                a.SERVER_PORT,
+                a.HTTP_RESPONSE_STATUS_CODE,
+            )
             if key in metric_attributes
         }
         termination_attributes[a.TERMINATION_REASON] = reason
         termination_attributes[a.PHASE] = exchange.reported_phase
         if summary is not None:
             with failsafe("payload telemetry"):
-                self._record_payload(exchange, summary, span, termination_attributes)
+                self._record_payload(exchange, summary, span, termination_attributes, reason, error)
 
         instruments = self.instruments
         if stream_span is not None:
@@ -576,10 +613,11 @@ class Record:
                     a.STREAM_CHUNKS: exchange.chunks,
                     a.STREAM_BYTES: exchange.bytes,
                     a.STREAM_MAX_CHUNK_GAP: exchange.max_chunk_gap,
-                    a.STREAM_SEND_WAIT: exchange.send_wait,
                     a.STREAM_TIME_TO_FIRST_BYTE: exchange.time_to_first_byte or 0.0,
                 }
             )
+            if self.recorder.side.backpressure:
+                stream_span.set_attribute(a.STREAM_SEND_WAIT, exchange.send_wait)
             status = metric_attributes.get(a.HTTP_RESPONSE_STATUS_CODE)
             if status is not None:
                 stream_span.set_attribute(a.HTTP_RESPONSE_STATUS_CODE, status)
@@ -589,7 +627,8 @@ class Record:
             instruments.chunks.record(exchange.chunks, with_reason)
             instruments.body_size.record(exchange.bytes, with_reason)
             instruments.max_chunk_gap.record(exchange.max_chunk_gap, small)
-            instruments.send_wait.record(exchange.send_wait, small)
+            if self.recorder.side.backpressure:
+                instruments.send_wait.record(exchange.send_wait, small)
         instruments.terminations.add(1, termination_attributes)
 
     def _record_payload(
@@ -598,6 +637,8 @@ class Record:
         summary: PayloadSummary,
         span: Span,
         termination_attributes: dict[str, Any],
+        reason: str,
+        error: BaseException | None,
     ) -> None:
         """Attributes and metrics of an LLM-aware stream (SSE or NDJSON)."""
         span.set_attribute(a.STREAM_EVENTS, summary.events)
@@ -619,11 +660,32 @@ class Record:
         instruments = self.instruments
         gen_ai = self.recorder.gen_ai if recognised else None
         gen_ai_attributes: dict[str, Any] = {}
+        client = self.recorder.side is CLIENT
         if gen_ai is not None:
             gen_ai_attributes[a.GEN_AI_OPERATION_NAME] = _operation_name(summary)
+            if self.recorder.provider_name:
+                gen_ai_attributes[a.GEN_AI_PROVIDER_NAME] = self.recorder.provider_name
             if model:
                 gen_ai_attributes[a.GEN_AI_RESPONSE_MODEL] = model
-            gen_ai.duration.record(exchange.ended_at - self.started_at, gen_ai_attributes)
+            for key in (a.SERVER_ADDRESS, a.SERVER_PORT):
+                if key in self.metric_attributes:
+                    gen_ai_attributes[key] = self.metric_attributes[key]
+            duration_attributes = gen_ai_attributes
+            if reason in _ERROR_REASONS and error is not None:
+                duration_attributes = {**gen_ai_attributes, a.ERROR_TYPE: type(error).__qualname__}
+            gen_ai.duration.record(exchange.ended_at - self.started_at, duration_attributes)
+            if client and exchange.first_byte_at is not None:
+                # The client conventions time the first chunk of the stream, not the first token.
+                gen_ai.time_to_first_token.record(
+                    exchange.first_byte_at - self.started_at, gen_ai_attributes
+                )
+            if gen_ai.token_usage is not None:
+                tokens = (("input", summary.input_tokens), ("output", summary.output_tokens))
+                for token_type, count in tokens:
+                    if count is not None:
+                        gen_ai.token_usage.record(
+                            count, {**gen_ai_attributes, a.GEN_AI_TOKEN_TYPE: token_type}
+                        )
         first_token_at = summary.first_token_at
         if first_token_at is None:
             return
@@ -631,7 +693,7 @@ class Record:
         span.set_attribute(a.STREAM_TIME_TO_FIRST_TOKEN, ttft)
         small = self._method_and_route()
         instruments.time_to_first_token.record(ttft, small)
-        if gen_ai is not None:
+        if gen_ai is not None and not client:
             gen_ai.time_to_first_token.record(ttft, gen_ai_attributes)
         output_tokens = summary.output_tokens
         ended_at = exchange.ended_at
@@ -648,6 +710,9 @@ class Record:
         }
         if self.route:
             attributes[a.HTTP_ROUTE] = self.route
+        for key in (a.SERVER_ADDRESS, a.SERVER_PORT):  # a client's upstream
+            if key in self.metric_attributes:
+                attributes[key] = self.metric_attributes[key]
         return attributes
 
     def _move_active(self, phase: str | None) -> None:
@@ -657,11 +722,10 @@ class Record:
             active.add(-1, self.active_attributes)
             self.active_attributes = None
         if phase is not None:
-            # While waiting the route is not known yet: the method alone.
+            # While waiting the route is not known yet: the method (and a client's upstream).
+            attributes = self._method_and_route()
             if phase == termination.PHASE_WAITING:
-                attributes = {a.HTTP_REQUEST_METHOD: self.metric_attributes[a.HTTP_REQUEST_METHOD]}
-            else:
-                attributes = self._method_and_route()
+                attributes.pop(a.HTTP_ROUTE, None)
             attributes[a.PHASE] = phase
             active.add(1, attributes)
             self.active_attributes = attributes

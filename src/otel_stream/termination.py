@@ -47,3 +47,62 @@ def classify(
     if not response_complete or payload_truncated:
         return INCOMPLETE
     return COMPLETED
+
+
+# Outgoing calls (the client side) ---------------------------------------------------
+
+CONSUMER_CLOSED = "consumer_closed"
+SERVER_DISCONNECT = "server_disconnect"
+ERROR = "error"
+
+CLIENT_REASONS = (COMPLETED, CONSUMER_CLOSED, SERVER_DISCONNECT, ERROR, INCOMPLETE)
+
+#: Exceptions of httpx, httpx2, aiohttp and the socket layer that mean the connection
+#: ended before the body did (compared by class name: one table for every client).
+_SERVER_DISCONNECTS = frozenset(
+    {
+        "RemoteProtocolError",  # httpx: "peer closed connection without sending complete ..."
+        "ReadError",  # httpx: the socket read failed (reset)
+        "ClientPayloadError",  # aiohttp: "Response payload is not completed"
+        "ServerDisconnectedError",
+        "ClientConnectionResetError",
+        "ConnectionResetError",
+        "BrokenPipeError",
+        "IncompleteRead",
+    }
+)
+
+
+def is_server_disconnect(error: BaseException) -> bool:
+    """True when ``error`` (or the error it was raised from) says the server hung up early."""
+    seen = 0
+    current: BaseException | None = error
+    while current is not None and seen < 4:
+        if type(current).__name__ in _SERVER_DISCONNECTS:
+            return True
+        current = current.__cause__
+        seen += 1
+    return False
+
+
+def classify_client(
+    *,
+    error: BaseException | None,
+    body_complete: bool,
+    payload_truncated: bool = False,
+    payload_whole: bool = False,
+) -> str:
+    """The termination reason of one outgoing call, as its caller read it.
+
+    Without an error and before the end of the body, the caller closed the response.
+    ``payload_whole`` is true when an LLM format's end marker was read: a caller that
+    closes the response after it (the OpenAI SDK does, without draining the body) got
+    the whole answer.
+    """
+    if error is not None:
+        if is_cancellation(error):
+            return CONSUMER_CLOSED
+        return SERVER_DISCONNECT if is_server_disconnect(error) else ERROR
+    if not body_complete:
+        return COMPLETED if payload_whole else CONSUMER_CLOSED
+    return INCOMPLETE if payload_truncated else COMPLETED

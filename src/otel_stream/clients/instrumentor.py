@@ -1,0 +1,183 @@
+"""``StreamingClientInstrumentor``: outgoing streams split at the first byte.
+
+Choices made on purpose:
+
+* **Patches wait for their module.** httpx, httpx2 and aiohttp are patched when they
+  are imported (wrapt post-import hooks): instrumenting imports none of them.
+* **Its own entry point** (``otel_stream_client``), so
+  ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_stream_client`` turns the client side
+  off and leaves the server side on.
+* **Fully reversible.** ``uninstrument()`` puts every patched function back; a
+  response already being read finishes its telemetry, and a wrapper someone else
+  re-patched over passes every call through.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Collection
+from types import ModuleType
+from typing import Any
+
+import wrapt
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+
+from otel_stream import environment_variables as env
+from otel_stream.config import Settings, parse_bool, resolve
+from otel_stream.recorder import CLIENT, Recorder
+
+logger = logging.getLogger("otel_stream")
+
+#: Keywords of ``instrument()`` that are not settings.
+_OWN_KEYWORDS = ("tracer_provider", "meter_provider", "provider_name")
+
+_instruments_any = ("httpx >= 0.23", "httpx2 >= 2.0", "aiohttp >= 3.9")
+
+
+class _State:
+    """What the client instrumentor has done to this process."""
+
+    def __init__(self) -> None:
+        self.recorder: Recorder | None = None
+        #: module name -> [(owner, attribute, original, wrapper)]
+        self.patched: dict[str, list[tuple[Any, str, Any, Any]]] = {}
+        self.hooked: set[str] = set()
+        self.lock = threading.RLock()
+
+
+_state = _State()
+
+
+def _recorder() -> Recorder | None:
+    return _state.recorder
+
+
+def _httpx_targets(module: ModuleType) -> list[tuple[Any, str, Callable[..., Any]]]:
+    from otel_stream.clients.httpx import send_wrappers
+
+    send, async_send = send_wrappers(module, _recorder)
+    return [(module.Client, "send", send), (module.AsyncClient, "send", async_send)]
+
+
+def _aiohttp_targets(module: ModuleType) -> list[tuple[Any, str, Callable[..., Any]]]:
+    from otel_stream.clients.aiohttp import request_wrapper
+
+    return [(module.ClientSession, "_request", request_wrapper(_recorder))]
+
+
+#: module -> the (owner, attribute, wrapper) patches it gets.
+_TARGETS: dict[str, Callable[[ModuleType], list[tuple[Any, str, Callable[..., Any]]]]] = {
+    "httpx": _httpx_targets,
+    "httpx2": _httpx_targets,
+    "aiohttp.client": _aiohttp_targets,
+}
+
+
+def _patch_module(module: ModuleType) -> None:
+    """Apply the patches of ``module`` if the instrumentor is active; idempotent."""
+    name = module.__name__
+    with _state.lock:
+        if _state.recorder is None or name in _state.patched:
+            return
+        applied: list[tuple[Any, str, Any, Any]] = []
+        try:
+            targets = _TARGETS[name](module)
+        except Exception as error:  # an unknown version of the library
+            logger.debug("otel-stream: %s not patched (%s)", name, error)
+            targets = []
+        for owner, attribute, wrapper in targets:
+            original = vars(owner).get(attribute)
+            if not callable(original):
+                logger.debug("otel-stream: %s.%s not found; not patched", name, attribute)
+                continue
+            wrapt.wrap_function_wrapper(owner, attribute, wrapper)
+            applied.append((owner, attribute, original, vars(owner)[attribute]))
+        _state.patched[name] = applied
+
+
+def _unpatch_all() -> None:
+    with _state.lock:
+        for applied in _state.patched.values():
+            for owner, attribute, original, wrapper in applied:
+                if vars(owner).get(attribute) is wrapper:
+                    setattr(owner, attribute, original)
+                else:
+                    logger.debug("otel-stream: %r.%s was re-patched; left as is", owner, attribute)
+        _state.patched.clear()
+
+
+ENTRY_POINT = "otel_stream_client"
+
+
+def instrument_clients() -> None:
+    """Instrument the HTTP clients unless ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` names
+    ``otel_stream_client`` (or ``*``); for ``OTEL_STREAM_ENABLED=true``. Never raises."""
+    names = os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
+    if {name.strip() for name in names.split(",")} & {ENTRY_POINT, "*"}:
+        return
+    try:
+        StreamingClientInstrumentor().instrument()
+    except Exception as error:
+        logger.warning(
+            "otel-stream: instrumenting the HTTP clients failed (%s); they run uninstrumented",
+            error,
+            exc_info=error,
+        )
+
+
+class StreamingClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Split every outgoing streamed response at the first body byte.
+
+    Patches httpx 0.x, httpx2 (the openai and anthropic SDKs' transport) and aiohttp's
+    client; ``opentelemetry-instrument`` finds it through the entry point
+    ``otel_stream_client``, and ``OTEL_STREAM_ENABLED=true`` starts it with the server
+    side.
+
+    Keyword arguments of ``instrument()``:
+        tracer_provider: Tracer provider to use; the global one if omitted.
+        meter_provider: Meter provider to use; the global one if omitted.
+        provider_name: ``gen_ai.provider.name`` for the LLM streams read (``openai``,
+            ``anthropic``...), when every upstream of the process is that provider;
+            otel-stream never guesses it.
+        **options: The bucket and payload settings of ``StreamingMiddleware``
+            (``ttfb_buckets``, ``duration_buckets``, ``gap_buckets``,
+            ``chunks_buckets``, ``body_size_buckets``, ``payloads``,
+            ``payload_max_event_bytes``); the ``OTEL_STREAM_*`` variables apply to
+            the rest.
+    """
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        if not resolve(env.OTEL_STREAM_ENABLED, None, parse_bool, True):
+            logger.debug("otel-stream: %s is false; not instrumenting", env.OTEL_STREAM_ENABLED)
+            return
+        settings_options = {key: value for key, value in kwargs.items() if key not in _OWN_KEYWORDS}
+        recorder = Recorder(
+            Settings.from_options(**settings_options),  # a wrong keyword fails here
+            kwargs.get("tracer_provider"),
+            kwargs.get("meter_provider"),
+            CLIENT,
+            provider_name=kwargs.get("provider_name"),
+        )
+        with _state.lock:
+            _state.recorder = recorder
+            for name in _TARGETS:
+                module = sys.modules.get(name)
+                if module is not None:
+                    _patch_module(module)
+        for name in _TARGETS:
+            if name not in _state.hooked:
+                _state.hooked.add(name)
+                wrapt.register_post_import_hook(_patch_module, name)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        with _state.lock:
+            _state.recorder = None
+            _unpatch_all()

@@ -1,0 +1,244 @@
+"""Upstreams and relays on loopback for the client tests.
+
+* The upstream: the demo's fake OpenAI model (``/v1/chat/completions``, behaviour set
+  by ``x-demo-*`` headers) plus a fake Anthropic ``/v1/messages`` SSE endpoint, an
+  echo of the trace headers it received, and a stream that hangs up mid-body.
+* The relays: Starlette apps that call the upstream and pass its stream on, one with
+  the ``openai`` SDK, one with ``httpx.AsyncClient``, one with ``aiohttp``; each
+  wrapped in ``StreamingMiddleware`` when telemetry is given, for the hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from otel_stream.demo.model import Behaviour, create_app
+
+ANTHROPIC_MODEL = "claude-demo"
+ANTHROPIC_WORDS = ("Streams", " are", " two", " operations.")
+
+#: Trace headers the echo endpoint saw, newest last.
+seen_trace_headers: list[dict[str, str]] = []
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def anthropic_messages(request: Request) -> Response:
+    """A fake Anthropic Messages API: streamed (``stream: true``) or one JSON answer."""
+    body = await request.json()
+    ttft = float(request.headers.get("x-demo-ttft", "0.05"))
+    text = "".join(ANTHROPIC_WORDS)
+    usage = {"input_tokens": 7, "output_tokens": len(ANTHROPIC_WORDS)}
+    if not body.get("stream"):
+        await asyncio.sleep(ttft)
+        return JSONResponse(
+            {
+                "id": "msg_demo",
+                "type": "message",
+                "role": "assistant",
+                "model": ANTHROPIC_MODEL,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": usage,
+            }
+        )
+
+    async def events() -> AsyncIterator[bytes]:
+        await asyncio.sleep(ttft)
+        message = {
+            "id": "msg_demo",
+            "type": "message",
+            "role": "assistant",
+            "model": ANTHROPIC_MODEL,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 7, "output_tokens": 1},
+        }
+        yield _sse("message_start", {"type": "message_start", "message": message})
+        block = {"type": "text", "text": ""}
+        yield _sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": block},
+        )
+        for word in ANTHROPIC_WORDS:
+            await asyncio.sleep(0.005)
+            delta = {"type": "text_delta", "text": word}
+            yield _sse(
+                "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+            )
+        yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        yield _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": len(ANTHROPIC_WORDS)},
+            },
+        )
+        yield _sse("message_stop", {"type": "message_stop"})
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def echo_trace_headers(request: Request) -> Response:
+    """Record the trace headers of the request, answer a short stream."""
+    seen_trace_headers.append(
+        {name: value for name, value in request.headers.items() if name in ("traceparent",)}
+    )
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"data: one\n\n"
+        yield b"data: two\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
+async def without_done(request: Request) -> Response:
+    """An OpenAI-style stream that ends cleanly without ``data: [DONE]``: truncated."""
+    chunk = {
+        "id": "chatcmpl-cut",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "demo",
+        "choices": [{"index": 0, "delta": {"content": "Half an"}, "finish_reason": None}],
+    }
+
+    async def events() -> AsyncIterator[bytes]:
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def upstream_app(behaviour: Behaviour | None = None) -> Starlette:
+    """The fake model with the extra endpoints of this module."""
+    app = create_app(behaviour or Behaviour(tokens=6, ttft=0.05, token_interval=0.005))
+    app.router.routes.append(Route("/v1/messages", anthropic_messages, methods=["POST"]))
+    app.router.routes.append(Route("/echo", echo_trace_headers, methods=["GET", "POST"]))
+    app.router.routes.append(Route("/without-done", without_done, methods=["POST"]))
+    return app
+
+
+# The relays -------------------------------------------------------------------------
+
+CHAT_BODY: dict[str, Any] = {
+    "model": "demo",
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "messages": [{"role": "user", "content": "hello"}],
+}
+
+
+def _forwarded(request: Request) -> dict[str, str]:
+    return {k: v for k, v in request.headers.items() if k.startswith("x-demo-")}
+
+
+def relay_app(upstream: str) -> Starlette:
+    """An OpenAI-compatible gateway that passes an upstream stream on, three ways:
+    ``/openai/v1``, ``/httpx/v1`` and ``/aiohttp/v1`` are its base URLs; ``/twice/v1``
+    makes a JSON call before the stream and can hold the stream back."""
+
+    async def with_openai(request: Request) -> Response:
+        import openai
+
+        client = openai.AsyncOpenAI(base_url=upstream + "/v1", api_key="test", max_retries=0)
+        stream = await client.chat.completions.create(
+            model="demo",
+            messages=[{"role": "user", "content": "hello"}],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=_forwarded(request),
+        )
+
+        async def events() -> AsyncIterator[bytes]:
+            async with stream:
+                async for chunk in stream:
+                    yield f"data: {chunk.model_dump_json()}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+            await client.close()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def with_httpx(request: Request) -> Response:
+        import httpx
+
+        client = httpx.AsyncClient()
+        upstream_request = client.build_request(
+            "POST", upstream + "/v1/chat/completions", json=CHAT_BODY, headers=_forwarded(request)
+        )
+        response = await client.send(upstream_request, stream=True)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+            finally:
+                await response.aclose()
+                await client.aclose()
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async def with_aiohttp(request: Request) -> Response:
+        import aiohttp
+
+        session = aiohttp.ClientSession()
+        response = await session.post(
+            upstream + "/v1/chat/completions", json=CHAT_BODY, headers=_forwarded(request)
+        )
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.content.iter_any():
+                    yield chunk
+            finally:
+                response.release()
+                await session.close()
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async def look_up_then_relay(request: Request) -> Response:
+        """A JSON call first (not a stream: it does not count for the hop), then the
+        stream, held back ``x-relay-delay`` seconds before its first chunk goes on."""
+        import httpx
+
+        delay = float(request.headers.get("x-relay-delay", "0"))
+        client = httpx.AsyncClient()
+        (await client.get(upstream + "/v1/models")).raise_for_status()
+        upstream_request = client.build_request(
+            "POST", upstream + "/v1/chat/completions", json=CHAT_BODY, headers=_forwarded(request)
+        )
+        response = await client.send(upstream_request, stream=True)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                first = True
+                async for chunk in response.aiter_raw():
+                    if first:
+                        await asyncio.sleep(delay)
+                        first = False
+                    yield chunk
+            finally:
+                await response.aclose()
+                await client.aclose()
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    return Starlette(
+        routes=[
+            Route("/twice/v1/chat/completions", look_up_then_relay, methods=["POST"]),
+            Route("/openai/v1/chat/completions", with_openai, methods=["POST"]),
+            Route("/httpx/v1/chat/completions", with_httpx, methods=["POST"]),
+            Route("/aiohttp/v1/chat/completions", with_aiohttp, methods=["POST"]),
+        ]
+    )
