@@ -65,6 +65,43 @@ it fell in, and is ✗ if that is the overflow bucket (a dashboard could not sho
 Counts are exact: the telemetry must count every request the clients made, by
 termination reason and phase.
 
+**Behind the relay** (``otel-stream demo --relay``). The clients call the relay, so the
+rows above are the relay's server, held to its clients. Three more time to first byte
+rows tell the model from the hop, and none has a client stopwatch of its own; the demo
+has two other truths, read on one clock (``perf_counter``: the clients, the relay and
+the model run in one process). The fake model's stopwatch notes when each request
+reached its endpoint (m0) and when it handed its first body byte to its server (m1);
+each request names itself to it with ``x-demo-request-id``. A client notes when it got
+its first byte (c1).
+
+* *Upstream, as the relay's client read it* (``http.client.stream.time_to_first_byte``)
+  is held to the model's m1 - m0. The relay's client sends before the model's endpoint
+  is called, and reads the first byte after the model sent it: its reading is at least
+  m1 - m0, and at most two loopback transits more. Each transit is a hand-over between
+  two event loops, bounded by ``epsilon`` as above, so the reading lies in
+  [m1 - m0, m1 - m0 + 2 epsilon].
+* *The model, at its own server* (the model's ``http.server.stream.time_to_first_byte``)
+  is held to the same m1 - m0: its middleware starts before the endpoint and reads its
+  clock after the endpoint's; in [m1 - m0, m1 - m0 + epsilon].
+* *The hop* (``http.server.stream.hop.time_to_first_byte``: the relay's first byte minus
+  its upstream's) is held to c1 - m1, the time from the model's first byte to the
+  client's. That time is the hop plus the transit from the model to the relay and the
+  one from the relay to its client, so the hop lies in [c1 - m1 - 2 epsilon, c1 - m1]:
+  it can fall short of the truth, never exceed it.
+
+The same order-statistic argument then bounds each quantile, with the slack one-sided:
+a reading that can only lie above its truth by up to a (and below by up to b) gives the
+bucket bound (T - L + a) / x when the estimate is high and (U - T + b) / x when it is
+low. ``epsilon`` in the functions below is a number (a = b) or the pair (a, b).
+
+The terminations behind the relay are counted exactly too: every client request is one
+upstream call and one model exchange, and each client kind ends them in a known way
+(``load.THROUGH_RELAY``): a client that leaves is ``consumer_closed`` on the relay's
+call and ``client_disconnect`` at the model, a model error or a cut answer is
+``server_disconnect`` on the call (and ``app_error`` or ``incomplete`` at the model),
+the relay's deadline closes the call (``consumer_closed``), each in the phase the client
+ended in.
+
 Choices made on purpose:
 
 * The tolerance is a worst-case bound, not a confidence interval: a demo run has tens
@@ -77,6 +114,9 @@ Choices made on purpose:
 * The long stream is judged by its span, not the histogram: it shares the
   ``completed`` buckets with every other answer, and a span is the telemetry a user
   opens to look at one request.
+* Behind the relay, the truths are the demo's own stopwatches (the clients' and the
+  fake model's), never another telemetry number: holding the client side's time to
+  first byte to the model server's would only show that two instruments agree.
 """
 
 from __future__ import annotations
