@@ -27,6 +27,7 @@ from otel_stream.demo.model import CHAT_PATH, Behaviour, ModelStopwatch, Timing
 from otel_stream.demo.report import RelayData, bucketed
 from otel_stream.demo.telemetry import setup
 from tests.cli_support import run_cli
+from tests.otlp_receiver import OTLPReceiver
 from tests.processes import child_environment
 
 EPSILON = report.EPSILON
@@ -40,9 +41,16 @@ def by_label(timings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 # The demo through the relay, end to end -----------------------------------------------
 
 
+@pytest.fixture
+def otlp() -> Iterator[OTLPReceiver]:
+    with OTLPReceiver() as receiver:
+        yield receiver
+
+
 @pytest.mark.slow
-def test_relay_report_agrees_with_the_clients_and_the_model() -> None:
-    result = run_cli(*ARGS, "--seconds", "4", "--relay-hold", "0.15", "--json", timeout=90)
+def test_relay_report_agrees_with_the_clients_and_the_model(otlp: OTLPReceiver) -> None:
+    env = child_environment(**otlp.environment(), OTEL_SERVICE_NAME="gateway-under-test")
+    result = run_cli(*ARGS, "--seconds", "4", "--relay-hold", "0.15", "--json", env=env, timeout=90)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "Traceback" not in result.stderr
     data = json.loads(result.stdout)
@@ -82,7 +90,7 @@ def test_relay_report_agrees_with_the_clients_and_the_model() -> None:
     # Model vs hop: each row held to its truth, and the numbers tell the story.
     timings = by_label(relay["timings"])
     assert list(timings) == [
-        "upstream, as the relay's client read it",
+        "upstream, at the relay's client",
         "model, at its own server",
         "hop: the relay's own part",
     ]
@@ -96,9 +104,16 @@ def test_relay_report_agrees_with_the_clients_and_the_model() -> None:
     assert hop["count"]["clients"] == first_byte["count"]["clients"] - single
     p50 = {name: t["quantiles"][0] for name, t in timings.items()}
     assert 0.1 <= p50["hop: the relay's own part"]["exact"] <= 0.3  # the hold, 0.15 median
-    upstream_p50 = p50["upstream, as the relay's client read it"]["exact"]
+    upstream_p50 = p50["upstream, at the relay's client"]["exact"]
     assert upstream_p50 < first_byte["quantiles"][0]["exact"]  # the relay adds its hold
     assert data["long_stream"]["ok"] is True
+
+    # Exported as two services, and the relay's calls carry the trace on to the model.
+    traces: dict[str, set[str]] = {}
+    for span in otlp.spans():
+        traces.setdefault(span.trace_id, set()).add(span.resource["service.name"])
+    assert set().union(*traces.values()) == {"gateway-under-test", "gateway-under-test-model"}
+    assert sum(1 for services in traces.values() if len(services) == 2) >= data["requests"] / 2
 
 
 def test_relay_report_reads_as_model_or_hop() -> None:
@@ -115,7 +130,7 @@ def test_relay_report_reads_as_model_or_hop() -> None:
         "model's server",
         "Is it the model or the hop? Time to first byte in seconds",
         "relay, as its clients waited",
-        "upstream, as the relay's client read it",
+        "upstream, at the relay's client",
         "hop: the relay's own part",
         "✓ every mark passed.",
     ):
@@ -131,7 +146,7 @@ def test_coarse_buckets_fail_the_upstream_and_hop_rows() -> None:
     assert result.returncode == 2, result.stderr
     data = json.loads(result.stdout)
     timings = by_label(data["relay"]["timings"])
-    for label in ("upstream, as the relay's client read it", "hop: the relay's own part"):
+    for label in ("upstream, at the relay's client", "hop: the relay's own part"):
         p50 = timings[label]["quantiles"][0]
         assert (p50["telemetry"], p50["bucket"], p50["ok"]) == (0.1, [0.1, None], False), label
         assert any(line.startswith(f"{label} p50:") for line in data["failed"]), data["failed"]
@@ -183,7 +198,7 @@ def test_a_hold_the_relays_telemetry_cannot_see_fails_the_hop_and_the_relay() ->
     assert first_byte["ok"] is False
     assert first_byte["error"] < -first_byte["tolerance"]
     # What happened behind the relay is still right: the upstream row and the counts agree.
-    upstream = by_label(data["relay"]["timings"])["upstream, as the relay's client read it"]
+    upstream = by_label(data["relay"]["timings"])["upstream, at the relay's client"]
     assert all(row["ok"] for row in upstream["quantiles"])
     assert all(row["ok"] for row in data["relay"]["terminations"])
 
@@ -375,7 +390,7 @@ def relay_rows(data: dict[str, Any]) -> dict[str, list[bool]]:
 
 
 HOP = "hop: the relay's own part"
-UPSTREAM = "upstream, as the relay's client read it"
+UPSTREAM = "upstream, at the relay's client"
 
 
 def test_readings_the_derivation_allows_pass() -> None:

@@ -716,7 +716,7 @@ def relay_section(
     timings = [
         timing_row(
             CLIENT_TTFB,
-            "upstream, as the relay's client read it",
+            "upstream, at the relay's client",
             metrics.histograms.get(CLIENT_TTFB),
             model_values,
             epsilon=(2 * epsilon, 0.0),
