@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from otel_stream import buckets
+from otel_stream.cli import main
 from otel_stream.demo import load, report, run
 from otel_stream.demo.model import CHAT_PATH, Behaviour, ModelStopwatch, Timing
 from otel_stream.demo.report import RelayData, bucketed
@@ -458,3 +459,20 @@ def test_one_sided_slack() -> None:
     # Below the truth: up to the bucket's top plus the slack below.
     assert report.bucket_bound(estimate, 0.6, (0.0, 0.2)) == pytest.approx(0.25 / 0.6)
     assert report.bucket_bound(estimate, 0.6, 0.2) == report.bucket_bound(estimate, 0.6, (0.2, 0.2))
+
+
+# The command line ----------------------------------------------------------------------
+
+
+def test_demo_help_documents_the_relay(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--relay put a relay between the clients and the model" in help_text
+    assert "http.server.stream.hop.time_to_first_byte" in help_text
+    assert "--relay-hold RELAY_HOLD with --relay: median seconds" in help_text
+
+
+def test_relay_does_not_go_with_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--serve", "--relay", "--port", "0"]) == 1
+    assert "--relay drives the load; it does not go with --serve" in capsys.readouterr().err
