@@ -4,7 +4,7 @@
 Starlette app behind :class:`otel_stream.StreamingMiddleware`, served by uvicorn on
 loopback, its metrics exposed on ``/metrics`` by opentelemetry-exporter-prometheus; real
 clients (httpx, the ``openai`` client, raw sockets) that end requests in every way
-DESIGN.md names; and a ``prometheus`` process scraping it with the scrape config this
+docs/metrics.md names; and a ``prometheus`` process scraping it with the scrape config this
 folder ships (``prometheus/direct.yml``).
 """
 
@@ -238,7 +238,7 @@ class Service:
     hop: HopStandIn
 
 
-#: The client side's and the hop's instruments, by DESIGN.md's names: (kind, unit).
+#: The client side's and the hop's instruments, by their documented names: (kind, unit).
 HOP_INSTRUMENTS: dict[str, tuple[str, str]] = {
     "http.client.stream.time_to_first_byte": ("histogram", "s"),
     "http.client.stream.time_to_first_token": ("histogram", "s"),
@@ -254,7 +254,7 @@ class HopStandIn:
 
     otel_stream does not record these yet; this records them through the same meter
     provider (and so the same Prometheus exporter) as the demo app's own metrics, with
-    DESIGN.md's names, units and attributes, so the dashboards' hop row can be proven
+    the documented names, units and attributes, so the dashboards' hop row can be proven
     against a real Prometheus and drawn in the previews.
     """
 

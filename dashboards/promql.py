@@ -1,17 +1,18 @@
 """PromQL building blocks of the dashboards: the metric names, the variable filter, quantiles.
 
 Every query of every panel is built here, so the rules the tests check hold by
-construction: only the Prometheus names of DESIGN.md's metrics, every selector filtered
-by the ``job``, ``instance`` and ``route`` variables, every ``rate()``/``increase()``
-over ``$__rate_interval``.
+construction: only the Prometheus names of otel-stream's metrics (docs/metrics.md),
+every selector filtered by the ``job``, ``instance`` and ``route`` variables, every
+``rate()``/``increase()`` over ``$__rate_interval``.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-#: The Prometheus names of DESIGN.md's metrics, as opentelemetry-exporter-prometheus and
-#: the Collector's Prometheus exporter write them, with their Prometheus type.
+#: The Prometheus names of otel-stream's metrics (docs/metrics.md), as
+#: opentelemetry-exporter-prometheus and the Collector's Prometheus exporter write them,
+#: with their Prometheus type.
 METRICS: Final[dict[str, str]] = {
     "http_server_stream_time_to_first_byte_seconds": "histogram",
     "http_server_stream_duration_seconds": "histogram",
@@ -109,7 +110,7 @@ def filter_of(metric: str) -> str:
 def series(metric: str, *matchers: str) -> str:
     """A selector of ``metric`` (a name of :data:`ALL_METRICS`, or a histogram's series)."""
     if base_name(metric) not in ALL_METRICS:
-        raise ValueError(f"{metric} is not one of DESIGN.md's metrics")
+        raise ValueError(f"{metric} is not one of otel-stream's metrics (docs/metrics.md)")
     return f"{metric}{{{', '.join((filter_of(metric), *matchers))}}}"
 
 

@@ -315,3 +315,18 @@ def console_spans(text: str) -> list[dict[str, Any]]:
             if isinstance(value, dict) and "context" in value and "kind" in value:
                 spans.append(value)
     return spans
+
+
+def wait_for_console_spans(
+    process: ServerProcess, count: int, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """The console spans ``process`` printed, once ``count`` are there or ``timeout`` passed.
+
+    The batch span processor prints every 5 s; a loaded machine can take several rounds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = console_spans(process.stdout())
+        if len(spans) >= count or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.1)

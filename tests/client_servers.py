@@ -121,12 +121,51 @@ async def without_done(request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+async def ollama_chat(request: Request) -> Response:
+    """An Ollama-style NDJSON chat stream ending with ``"done": true``."""
+
+    async def lines() -> AsyncIterator[bytes]:
+        for word in ANTHROPIC_WORDS:
+            line = {"model": "llama-demo", "message": {"role": "assistant", "content": word}}
+            yield (json.dumps({**line, "done": False}) + "\n").encode()
+        end = {"model": "llama-demo", "done": True, "done_reason": "stop", "eval_count": 4}
+        yield (json.dumps({**end, "prompt_eval_count": 3}) + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def pinged(request: Request) -> Response:
+    """SSE with a comment (``: ping``) while the model thinks, then the answer."""
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b": ping\n\n"
+        await asyncio.sleep(0.1)
+        yield b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def plain_chunks(request: Request) -> Response:
+    """A chunked ``text/plain`` body without a length: a stream by its framing alone."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for index in range(3):
+            await asyncio.sleep(0.005)
+            yield f"line {index}\n".encode()
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
 def upstream_app(behaviour: Behaviour | None = None) -> Starlette:
     """The fake model with the extra endpoints of this module."""
     app = create_app(behaviour or Behaviour(tokens=6, ttft=0.05, token_interval=0.005))
     app.router.routes.append(Route("/v1/messages", anthropic_messages, methods=["POST"]))
     app.router.routes.append(Route("/echo", echo_trace_headers, methods=["GET", "POST"]))
     app.router.routes.append(Route("/without-done", without_done, methods=["POST"]))
+    app.router.routes.append(Route("/api/chat", ollama_chat, methods=["POST"]))
+    app.router.routes.append(Route("/plain", plain_chunks, methods=["GET"]))
+    app.router.routes.append(Route("/pinged", pinged, methods=["GET"]))
     return app
 
 
@@ -147,7 +186,8 @@ def _forwarded(request: Request) -> dict[str, str]:
 def relay_app(upstream: str) -> Starlette:
     """An OpenAI-compatible gateway that passes an upstream stream on, three ways:
     ``/openai/v1``, ``/httpx/v1`` and ``/aiohttp/v1`` are its base URLs; ``/twice/v1``
-    makes a JSON call before the stream and can hold the stream back."""
+    makes a JSON call before the stream and can hold the stream back; ``/anthropic``
+    passes the Anthropic Messages API through."""
 
     async def with_openai(request: Request) -> Response:
         import openai
@@ -234,8 +274,32 @@ def relay_app(upstream: str) -> Starlette:
 
         return StreamingResponse(body(), media_type="text/event-stream")
 
+    async def anthropic_pass_through(request: Request) -> Response:
+        """The Messages API passed through byte for byte with ``httpx.AsyncClient``."""
+        import httpx
+
+        client = httpx.AsyncClient()
+        upstream_request = client.build_request(
+            "POST",
+            upstream + "/v1/messages",
+            content=await request.body(),
+            headers={"content-type": "application/json", **_forwarded(request)},
+        )
+        response = await client.send(upstream_request, stream=True)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+            finally:
+                await response.aclose()
+                await client.aclose()
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
     return Starlette(
         routes=[
+            Route("/anthropic/v1/messages", anthropic_pass_through, methods=["POST"]),
             Route("/twice/v1/chat/completions", look_up_then_relay, methods=["POST"]),
             Route("/openai/v1/chat/completions", with_openai, methods=["POST"]),
             Route("/httpx/v1/chat/completions", with_httpx, methods=["POST"]),

@@ -13,15 +13,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.auto_support import ServerProcess, console_spans, running
+from tests.auto_support import ServerProcess, running, wait_for_console_spans
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -128,7 +126,7 @@ def test_the_documented_install_exports_both_spans(
         ):
             assert response.status_code == 200
             assert response.read().decode() == BODY
-        spans = wait_for_spans(server, 2)
+        spans = wait_for_console_spans(server, 2)
         # The metrics exporter, the distro's OTLP over gRPC, has no collector to reach:
         # only the spans are waited for; a short stop is enough.
         server.stop(timeout=3)
@@ -141,13 +139,3 @@ def test_the_documented_install_exports_both_spans(
     stderr = server.stderr()
     assert "Failed to auto initialize" not in stderr, stderr
     assert "otel-stream:" not in stderr, stderr  # no skipped signal, no failed start-up
-
-
-def wait_for_spans(server: ServerProcess, count: int, timeout: float = 20.0) -> list[Any]:
-    """The console spans once ``count`` are printed (the batch span processor waits 5 s)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        spans = console_spans(server.stdout())
-        if len(spans) >= count or time.monotonic() > deadline:
-            return spans
-        time.sleep(0.1)

@@ -11,20 +11,17 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from otel_stream import sdk
 from tests.auto_support import (
-    ServerProcess,
-    console_spans,
     environment,
     running,
     serve_process,
     stream,
+    wait_for_console_spans,
     write_apps,
 )
 
@@ -130,16 +127,6 @@ def test_the_advice_for_otlp_over_grpc_names_the_package_the_extra_and_the_proto
     ]
 
 
-def wait_for_spans(process: ServerProcess, count: int, timeout: float = 15.0) -> list[Any]:
-    """The console spans of ``process`` once ``count`` are printed (the batch delay is 5 s)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        spans = console_spans(process.stdout())
-        if len(spans) >= count or time.monotonic() > deadline:
-            return spans
-        time.sleep(0.1)
-
-
 def test_a_signal_without_its_exporter_is_skipped_and_the_others_export(tmp_path: Path) -> None:
     """The report that started this: with the distro and no gRPC exporter, nothing at all
     was exported. Here metrics name an exporter that is not installed and logs an OTLP
@@ -157,7 +144,7 @@ def test_a_signal_without_its_exporter_is_skipped_and_the_others_export(tmp_path
     process = serve_process(apps, [], "uvicorn", "starlette_app:app", env)
     with running(process):
         assert stream(process.url + "/chat/a") == BODY
-        spans = wait_for_spans(process, 2)
+        spans = wait_for_console_spans(process, 2)
     assert sorted(span["name"] for span in spans) == ["GET /chat/{room}", "GET /chat/{room} stream"]
     stderr = process.stderr()
     assert stderr.count("otel-stream: metrics not exported: ") == 1, stderr
@@ -181,7 +168,7 @@ def test_the_distros_grpc_defaults_without_the_grpc_exporter(tmp_path: Path) -> 
     process = serve_process(apps, [], "uvicorn", "plain_app:app", env)
     with running(process):
         assert stream(process.url + "/chat/a") == BODY
-        spans = wait_for_spans(process, 2)
+        spans = wait_for_console_spans(process, 2)
     assert sorted(span["name"] for span in spans) == ["GET", "GET stream"]
     stderr = process.stderr()
     for signal in ("metrics", "logs"):

@@ -327,14 +327,16 @@ def test_a_telemetry_failure_never_reaches_the_caller(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from otel_stream import guard
-    from otel_stream.recorder import Record
+    from otel_stream.clients import instrumentor as client_instrumentor
 
     monkeypatch.setattr(guard, "_logged", set())  # this test sees the first failure logged
 
-    def broken(*args: object) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("telemetry bug")
 
-    monkeypatch.setattr(Record, "_record_end", broken)
+    recorder = client_instrumentor._state.recorder
+    assert recorder is not None
+    monkeypatch.setattr(recorder.instruments.terminations, "add", broken)
     answers = [stream_chat(upstream) for _ in range(2)]
 
     assert all(answer.strip().startswith("A streaming answer") for answer in answers)
@@ -383,3 +385,60 @@ def test_a_client_error_status_marks_the_request_span(clients: Telemetry, upstre
     assert not span.status.is_ok
     assert span.attributes["http.stream.termination_reason"] == "completed"
     assert "http.stream.send_wait" not in span.attributes
+
+
+def test_a_misspelt_option_is_a_type_error_listing_the_valid_ones() -> None:
+    instrumentor = StreamingClientInstrumentor()
+    with pytest.raises(TypeError, match=r"'ttfb_bucket'; valid options: .*ttfb_buckets"):
+        instrumentor.instrument(ttfb_bucket=[0.1, 1.0])
+    with pytest.raises(TypeError, match="'cancel_on_disconnect'"):  # a server-side setting
+        instrumentor.instrument(cancel_on_disconnect=True)
+    assert not instrumentor.is_instrumented_by_opentelemetry
+    assert not hasattr(vars(httpx.Client)["send"], "__wrapped__")
+
+
+def test_a_response_being_read_when_uninstrumented_finishes_its_telemetry(
+    telemetry: Telemetry, upstream: str
+) -> None:
+    instrumentor = StreamingClientInstrumentor()
+    instrumentor.instrument(**telemetry.providers)
+    with (
+        httpx.Client() as client,
+        client.stream(
+            "POST", upstream + "/v1/chat/completions", json=CHAT_BODY, headers={"x-demo-ttft": "0"}
+        ) as response,
+    ):
+        chunks = response.iter_raw()
+        next(chunks)
+        instrumentor.uninstrument()
+        body = b"".join(chunks)
+        client.get(upstream + "/echo")  # after uninstrument: not recorded
+
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert sorted(telemetry.names()) == ["POST", "POST stream"]
+    stream = telemetry.span("POST stream")
+    assert stream.attributes["http.stream.termination_reason"] == "completed"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["Client", "AsyncClient"])
+def test_an_sse_ping_is_not_the_first_byte(
+    clients: Telemetry, upstream: str, asynchronous: bool
+) -> None:
+    async def read_async() -> bytes:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(upstream + "/pinged")).content
+
+    if asynchronous:
+        body = asyncio.run(read_async())
+    else:
+        with httpx.Client() as client:
+            body = client.get(upstream + "/pinged").content
+
+    assert body.startswith(b": ping")
+    request = clients.span("GET")
+    ttfb = request.attributes["http.stream.time_to_first_byte"]
+    assert ttfb >= 0.1  # the data event, not the ping
+    assert request.attributes["http.stream.time_to_first_raw_byte"] < ttfb
+    stream = clients.span("GET stream")
+    assert stream.attributes["http.stream.chunks"] == 3
+    assert stream.attributes["http.stream.termination_reason"] == "completed"

@@ -112,3 +112,47 @@ def test_a_json_answer_gets_the_request_span_only(clients: Telemetry, upstream: 
     assert answer["choices"]
     assert clients.names() == ["POST"]
     assert clients.span("POST").attributes["http.stream.termination_reason"] == "completed"
+
+
+def test_an_ndjson_stream_is_read_as_it_passes(clients: Telemetry, upstream: str) -> None:
+    async def main() -> list[bytes]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(upstream + "/api/chat", json={"model": "llama-demo"}) as response,
+        ):
+            return [line async for line in response.content]
+
+    lines = asyncio.run(main())
+
+    assert len(lines) == 5
+    stream = clients.span("POST stream")
+    assert stream.attributes["http.stream.termination_reason"] == "completed"
+    assert stream.attributes["http.stream.events"] == 5
+    assert stream.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert stream.attributes["gen_ai.usage.output_tokens"] == 4
+
+
+def test_a_chunked_body_without_a_length_is_a_stream(clients: Telemetry, upstream: str) -> None:
+    async def main() -> bytes:
+        async with aiohttp.ClientSession() as session, session.get(upstream + "/plain") as response:
+            return await response.read()
+
+    assert asyncio.run(main()) == b"line 0\nline 1\nline 2\n"
+    stream = clients.span("GET stream")
+    assert stream.attributes["http.stream.termination_reason"] == "completed"
+    assert stream.attributes["http.stream.bytes"] == 21
+    assert "http.stream.events" not in stream.attributes  # not an LLM format
+
+
+def test_an_sse_ping_is_not_the_first_byte(clients: Telemetry, upstream: str) -> None:
+    async def main() -> bytes:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(upstream + "/pinged") as response,
+        ):
+            return b"".join([chunk async for chunk in response.content.iter_any()])
+
+    assert asyncio.run(main()).startswith(b": ping")
+    request = clients.span("GET")
+    assert request.attributes["http.stream.time_to_first_byte"] >= 0.1
+    assert clients.span("GET stream").attributes["http.stream.termination_reason"] == "completed"

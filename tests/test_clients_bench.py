@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.auto_support import python_path
+from tests import processes
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "client_overhead.py"
 ROWS = (
@@ -21,14 +20,7 @@ ROWS = (
 
 def test_the_client_bench_prints_every_row() -> None:
     smallest = ["--rounds", "2", "--chunks", "20", "--streams", "1", "--requests", "5"]
-    completed = subprocess.run(
-        [sys.executable, str(BENCH), *smallest],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={"PYTHONPATH": python_path(), "PATH": "/usr/bin:/bin"},
-    )
+    completed = processes.run([sys.executable, str(BENCH), *smallest], timeout=120)
     assert completed.returncode == 0, completed.stderr  # check() passed for every row
     lines = completed.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| client |"))

@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanKind
 
 from otel_stream import StreamingMiddleware
 from otel_stream.clients import StreamingClientInstrumentor
+from tests import client_servers
 from tests.client_servers import relay_app, upstream_app
 from tests.servers import serve
 from tests.telemetry_harness import Telemetry
@@ -138,3 +139,35 @@ def test_an_upstream_that_hangs_up_behind_a_relay(
     assert upstream_stream.attributes["http.stream.termination_reason"] == "server_disconnect"
     caller_stream = by_port(spans, "POST stream", port_of(relay))
     assert caller_stream.attributes["http.stream.termination_reason"] == "server_disconnect"
+
+
+def test_the_anthropic_client_through_a_relay(
+    telemetry: Telemetry, relay: str, upstream: str
+) -> None:
+    anthropic = pytest.importorskip("anthropic")
+    client = anthropic.Anthropic(
+        base_url=relay + "/anthropic",
+        api_key="test",
+        max_retries=0,
+        open_telemetry={"tracer_provider": telemetry.tracer_provider},
+    )
+    with client.messages.stream(
+        model="claude-demo",
+        max_tokens=64,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-demo-ttft": str(TTFT)},
+    ) as stream:
+        text = "".join(stream.text_stream)
+    client.close()
+
+    assert text == "".join(client_servers.ANTHROPIC_WORDS)
+    spans = telemetry.spans()
+    caller_request = by_port(spans, "POST", port_of(relay))
+    assert caller_request.kind is SpanKind.INTERNAL  # under the SDK's own CLIENT call span
+    upstream_stream = by_port(spans, "POST stream", port_of(upstream))
+    assert upstream_stream.attributes["http.stream.termination_reason"] == "completed"
+    assert upstream_stream.attributes["gen_ai.response.finish_reasons"] == ("end_turn",)
+    server = next(span for span in spans if span.kind is SpanKind.SERVER)
+    assert server.attributes["http.stream.upstream.time_to_first_byte"] >= TTFT
+    (hop,) = telemetry.points("http.server.stream.hop.time_to_first_byte")
+    assert hop.sum < TTFT / 2

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.auto_support import python_path
+from tests import processes
+from tests.processes import child_environment
 
 _PROBE = """
 import json, httpx, httpx2, aiohttp
@@ -27,17 +26,8 @@ print(json.dumps({
 
 
 def probe(**variables: str) -> dict[str, bool]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["PYTHONPATH"] = python_path()
-    env.update(OTEL_SDK_DISABLED="true", **variables)
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    env = child_environment(OTEL_SDK_DISABLED="true", **variables)
+    result = processes.run([sys.executable, "-c", _PROBE], env=env, timeout=60, check=True)
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 

@@ -316,7 +316,7 @@ def test_the_filter_check_would_catch_a_route_filter_on_the_client_side() -> Non
     assert promql.filter_of(promql.CLIENT_TTFB + "_bucket") == promql.CLIENT_FILTER
     assert promql.filter_of(promql.HOP_TTFB + "_bucket") == promql.FILTER  # server-side
     assert "http_route" not in promql.series(promql.CLIENT_TERMINATIONS)
-    with pytest.raises(ValueError, match="not one of DESIGN"):
+    with pytest.raises(ValueError, match="not one of otel-stream's metrics"):
         promql.series("http_client_stream_requests_total")
 
 

@@ -1,6 +1,6 @@
 """Every panel query of both dashboards returns data from a real Prometheus scraping a real
 instrumented server (uvicorn, opentelemetry-exporter-prometheus on /metrics) that served
-real streams ending in every way DESIGN.md names."""
+real streams ending in every way docs/architecture.md names."""
 
 from __future__ import annotations
 

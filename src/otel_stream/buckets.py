@@ -4,7 +4,7 @@ The boundaries are the reason this project exists: Prometheus' ``histogram_quant
 interpolates linearly inside a bucket, so its error is bounded by the bucket's width
 relative to its position. A geometric series with eight steps per decade (ratio
 10**(1/8), about 1.33) keeps that error under 5 % for the reference workloads of
-DESIGN.md with about 40 boundaries; HTTP semconv's list ends at 10 s and reads every
+docs/metrics.md with about 40 boundaries; HTTP semconv's list ends at 10 s and reads every
 long stream as "10 s". ``tests/test_buckets.py`` checks the fidelity the way Prometheus
 computes it.
 """

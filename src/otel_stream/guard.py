@@ -2,13 +2,17 @@
 
 Telemetry must never break a response. Every place where otel-stream's own work could
 raise (span and metric calls, attribute collection, a user's hook) runs inside
-``failsafe(where)``; the app's own exceptions never pass through it.
+``failsafe(where)`` or a function decorated ``@guarded(where)``; the app's own
+exceptions never pass through either.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from types import TracebackType
+from typing import ParamSpec, TypeVar
 
 logger = logging.getLogger("otel_stream")
 
@@ -53,3 +57,28 @@ class failsafe:
             return False  # cancellation and exits pass through
         log_failure(self.where, error)
         return True
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def guarded(where: str) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
+    """A function whose ``Exception`` is logged (once) and swallowed; it then returns None.
+
+    The guard of the per-request paths: one extra call where ``with failsafe(...)``
+    costs three (construction, ``__enter__``, ``__exit__``).
+    """
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R | None]:
+        @functools.wraps(function)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R | None:
+            try:
+                return function(*args, **kwargs)
+            except Exception as error:
+                log_failure(where, error)
+                return None
+
+        return run
+
+    return decorate

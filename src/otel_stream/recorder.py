@@ -8,11 +8,15 @@ its reason). Everything OpenTelemetry is done here, guarded by one ``failsafe``.
 
 Choices made on purpose (read before "fixing"):
 
-* **One place per span and per counter.** ``_end_request_span`` and
-  ``_end_stream_span`` are the only calls that end spans; ``_move_active`` is the only
-  one that touches the active counter. A span that already ended is not recording, so no
-  flag tracks which spans are open, and ``end`` closes whatever is still open even when
-  recording the end failed halfway.
+* **One place per span and per counter.** The request span of a stream ends where the
+  stream span starts (``_first_byte_spans``); every other end is ``_end_spans``, which
+  ends whatever is still open: a span that already ended is not recording, so no flag
+  tracks which spans are open, and it runs even when recording the end failed halfway.
+  ``_move_active`` is the only call that touches the active counter.
+* **Guards at method boundaries.** Each group of telemetry calls that may fail alone
+  (the first byte's spans, its metrics, the end's metrics, the spans' end, the active
+  counter) is a method decorated ``@guarded``: a failure is logged once and skips that
+  group only.
 * **Nothing per chunk.** The record is touched at the start, the first byte and the end;
   chunks only move counters of the pure :class:`~otel_stream.exchange.Exchange`.
 * **Instruments from one table.** Every histogram is a row of ``_HISTOGRAMS``: its name
@@ -53,7 +57,7 @@ from otel_stream import attributes as a
 from otel_stream import termination
 from otel_stream.config import Settings
 from otel_stream.exchange import Exchange
-from otel_stream.guard import failsafe
+from otel_stream.guard import guarded
 from otel_stream.payloads import PayloadSummary
 from otel_stream.version import __version__
 
@@ -86,6 +90,8 @@ SERVER: Final = Side("http.server.stream", SpanKind.SERVER, "gen_ai.server")
 CLIENT: Final = Side(
     "http.client.stream", SpanKind.CLIENT, "gen_ai.client", error_status=400, backpressure=False
 )
+#: A client's upstream: on its smaller metrics beside the method (a server has none).
+_UPSTREAM: Final = (a.SERVER_ADDRESS, a.SERVER_PORT)
 #: Reasons whose span carries the error's class (``error.type``) and the exception.
 _ERROR_REASONS: Final = frozenset(
     {termination.APP_ERROR, termination.ERROR, termination.SERVER_DISCONNECT}
@@ -335,14 +341,18 @@ def check_sdk(tracer_provider: TracerProvider | None, meter_provider: MeterProvi
         )
 
 
-def server_parent(extract: Any) -> tuple[Context, SpanKind]:
+def server_parent(
+    carrier: Any, getter: Any, headers: Iterable[tuple[bytes, bytes]]
+) -> tuple[Context, SpanKind]:
     """The parent context and kind of a server request span.
 
     Already in a trace: stay in it, as a SERVER span only under a span that is not a
     server span and is the local root (no server span can be above it); INTERNAL under
     another instrumentation's server span, under a span of unknown kind (not recording,
     as an unsampled outer server span) or under a local child span, which may have a
-    server span above it. Not in a trace: ``extract()`` (the incoming headers) or None.
+    server span above it. Not in a trace: the context of the incoming headers
+    (``carrier`` read with ``getter``; ``headers`` as raw pairs, to skip extracting when
+    no header the propagator reads is there).
     """
     parent = otel_context.get_current()
     current = trace.get_current_span(parent)
@@ -355,7 +365,7 @@ def server_parent(extract: Any) -> tuple[Context, SpanKind]:
         ):
             return parent, SpanKind.INTERNAL
         return parent, SpanKind.SERVER
-    extracted = extract()
+    extracted = extract_context(carrier, getter, headers)
     return (parent if extracted is None else extracted), SpanKind.SERVER
 
 
@@ -476,11 +486,11 @@ class Record:
             start_time=start_ns,
         )
         self.context = trace.set_span_in_context(self.request_span, parent)
-        with failsafe("active counter"):
-            self._move_active(termination.PHASE_WAITING)
+        self._move_active(termination.PHASE_WAITING)
 
     # What adapters report ------------------------------------------------------------
 
+    @guarded("route")
     def found_route(self, route: str | None) -> None:
         """The route template, once the app has routed the request (first call wins)."""
         if self.route is not None or not route:
@@ -488,62 +498,28 @@ class Record:
         self.route = route
         self.metric_attributes[a.HTTP_ROUTE] = route
         self.span_name = f"{self.method} {route}"
-        with failsafe("route"):
-            self.request_span.update_name(self.span_name)
-            self.request_span.set_attribute(a.HTTP_ROUTE, route)
+        self.request_span.update_name(self.span_name)
+        self.request_span.set_attribute(a.HTTP_ROUTE, route)
 
+    @guarded("response start")
     def response_started(self, status: int, span_attributes: Mapping[str, Any] | None) -> None:
         """The status (and allowlisted response headers) are known."""
         self.metric_attributes[a.HTTP_RESPONSE_STATUS_CODE] = status
-        with failsafe("response start"):
-            span = self.request_span
-            span.set_attribute(a.HTTP_RESPONSE_STATUS_CODE, status)
-            if span_attributes:
-                span.set_attributes(span_attributes)
-            if status >= self.recorder.side.error_status:
-                span.set_attribute(a.ERROR_TYPE, str(status))
-                span.set_status(Status(StatusCode.ERROR))
+        attributes: dict[str, Any] = {a.HTTP_RESPONSE_STATUS_CODE: status}
+        if span_attributes:
+            attributes.update(span_attributes)
+        span = self.request_span
+        if status >= self.recorder.side.error_status:
+            attributes[a.ERROR_TYPE] = str(status)
+            span.set_status(Status(StatusCode.ERROR))
+        span.set_attributes(attributes)
 
     def first_byte(self, exchange: Exchange, first_token_at: float | None) -> None:
         """The first body byte went out: end the request span, start the stream's."""
-        at = exchange.first_byte_at
-        if at is None:
+        if exchange.first_byte_at is None:
             return
-        ttfb = at - self.started_at
-        with failsafe("first byte spans"):
-            span = self.request_span
-            span.set_attribute(a.STREAM_TIME_TO_FIRST_BYTE, ttfb)
-            if first_token_at is not None:
-                # The first byte carried the first token: the request span can hold it too.
-                span.set_attribute(a.STREAM_TIME_TO_FIRST_TOKEN, first_token_at - self.started_at)
-            raw = exchange.first_raw_byte_at
-            if raw is not None and raw < at:
-                span.set_attribute(a.STREAM_TIME_TO_FIRST_RAW_BYTE, raw - self.started_at)
-            upstream = exchange.upstream_time_to_first_byte
-            if upstream is not None:
-                span.set_attribute(a.STREAM_UPSTREAM_TIME_TO_FIRST_BYTE, upstream)
-            if exchange.streamed:
-                first_byte_ns = self._ns(at)
-                stream_attributes = self._method_and_route()
-                stream_attributes[a.HTTP_REQUEST_METHOD] = self.method
-                self.stream_span = self.recorder.tracer.start_span(
-                    f"{self.span_name} stream",
-                    context=self.context,
-                    kind=SpanKind.INTERNAL,
-                    start_time=first_byte_ns,
-                    attributes=stream_attributes,
-                )
-                self._end_request_span(first_byte_ns)
-        with failsafe("first byte metrics"):
-            instruments = self.instruments
-            instruments.time_to_first_byte.record(ttfb, self.metric_attributes)
-            upstream_at = exchange.upstream_first_byte_at
-            if upstream_at is not None:
-                instruments.hop_time_to_first_byte.record(
-                    max(0.0, at - upstream_at), self._method_and_route()
-                )
-            if exchange.streamed:
-                self._move_active(termination.PHASE_STREAMING)
+        self._first_byte_spans(exchange, first_token_at)
+        self._first_byte_metrics(exchange)
 
     def end(
         self,
@@ -554,18 +530,67 @@ class Record:
     ) -> None:
         """The exchange ended (``exchange.end`` was called): metrics first, then the spans end."""
         try:
-            with failsafe("request end"):
-                self._record_end(exchange, reason, error, summary)
+            self._record_end(exchange, reason, error, summary)
         finally:
-            with failsafe("span end"):
-                end_ns = self._ns(exchange.ended_at)
-                self._end_stream_span(end_ns)
-                self._end_request_span(end_ns)
-            with failsafe("active counter"):
-                self._move_active(None)
+            self._end_spans(self._ns(exchange.ended_at))
+            self._move_active(None)
 
     # Inside ---------------------------------------------------------------------------
 
+    @guarded("first byte spans")
+    def _first_byte_spans(self, exchange: Exchange, first_token_at: float | None) -> None:
+        at = exchange.first_byte_at
+        assert at is not None
+        started_at = self.started_at
+        attributes: dict[str, Any] = {a.STREAM_TIME_TO_FIRST_BYTE: at - started_at}
+        if first_token_at is not None:
+            # The first byte carried the first token: the request span can hold it too.
+            attributes[a.STREAM_TIME_TO_FIRST_TOKEN] = first_token_at - started_at
+        raw = exchange.first_raw_byte_at
+        if raw is not None and raw < at:
+            attributes[a.STREAM_TIME_TO_FIRST_RAW_BYTE] = raw - started_at
+        upstream = exchange.upstream_time_to_first_byte
+        if upstream is not None:
+            attributes[a.STREAM_UPSTREAM_TIME_TO_FIRST_BYTE] = upstream
+        self.request_span.set_attributes(attributes)
+        if exchange.streamed:
+            first_byte_ns = self._ns(at)
+            stream_attributes = self._method_and_route()
+            stream_attributes[a.HTTP_REQUEST_METHOD] = self.method
+            self.stream_span = self.recorder.tracer.start_span(
+                f"{self.span_name} stream",
+                context=self.context,
+                kind=SpanKind.INTERNAL,
+                start_time=first_byte_ns,
+                attributes=stream_attributes,
+            )
+            self.request_span.end(end_time=first_byte_ns)
+
+    @guarded("first byte metrics")
+    def _first_byte_metrics(self, exchange: Exchange) -> None:
+        at = exchange.first_byte_at
+        assert at is not None
+        instruments = self.instruments
+        instruments.time_to_first_byte.record(at - self.started_at, self.metric_attributes)
+        upstream_at = exchange.upstream_first_byte_at
+        if upstream_at is not None:
+            instruments.hop_time_to_first_byte.record(
+                max(0.0, at - upstream_at), self._method_and_route()
+            )
+        if exchange.streamed:
+            self._move_active(termination.PHASE_STREAMING)
+
+    @guarded("span end")
+    def _end_spans(self, end_ns: int) -> None:
+        """End whatever span is still open: the one place the spans end at the end."""
+        if self.stream_span is not None and self.stream_span.is_recording():
+            self.stream_span.end(end_time=end_ns)
+        if self.request_span.is_recording():
+            self.request_span.end(end_time=end_ns)
+
+    # Inside ---------------------------------------------------------------------------
+
+    @guarded("request end")
     def _record_end(
         self,
         exchange: Exchange,
@@ -602,8 +627,7 @@ class Record:
         termination_attributes[a.TERMINATION_REASON] = reason
         termination_attributes[a.PHASE] = exchange.reported_phase
         if summary is not None:
-            with failsafe("payload telemetry"):
-                self._record_payload(exchange, summary, span, termination_attributes, reason, error)
+            self._record_payload(exchange, summary, span, termination_attributes, reason, error)
 
         instruments = self.instruments
         if stream_span is not None:
@@ -631,6 +655,7 @@ class Record:
                 instruments.send_wait.record(exchange.send_wait, small)
         instruments.terminations.add(1, termination_attributes)
 
+    @guarded("payload telemetry")
     def _record_payload(
         self,
         exchange: Exchange,
@@ -667,7 +692,7 @@ class Record:
                 gen_ai_attributes[a.GEN_AI_PROVIDER_NAME] = self.recorder.provider_name
             if model:
                 gen_ai_attributes[a.GEN_AI_RESPONSE_MODEL] = model
-            for key in (a.SERVER_ADDRESS, a.SERVER_PORT):
+            for key in _UPSTREAM:
                 if key in self.metric_attributes:
                     gen_ai_attributes[key] = self.metric_attributes[key]
             duration_attributes = gen_ai_attributes
@@ -710,11 +735,12 @@ class Record:
         }
         if self.route:
             attributes[a.HTTP_ROUTE] = self.route
-        for key in (a.SERVER_ADDRESS, a.SERVER_PORT):  # a client's upstream
+        for key in _UPSTREAM:
             if key in self.metric_attributes:
                 attributes[key] = self.metric_attributes[key]
         return attributes
 
+    @guarded("active counter")
     def _move_active(self, phase: str | None) -> None:
         """Count this exchange under ``phase`` (None: no longer in flight)."""
         active = self.instruments.active
@@ -723,20 +749,17 @@ class Record:
             self.active_attributes = None
         if phase is not None:
             # While waiting the route is not known yet: the method (and a client's upstream).
-            attributes = self._method_and_route()
             if phase == termination.PHASE_WAITING:
-                attributes.pop(a.HTTP_ROUTE, None)
+                metric_attributes = self.metric_attributes
+                attributes = {a.HTTP_REQUEST_METHOD: metric_attributes[a.HTTP_REQUEST_METHOD]}
+                for key in _UPSTREAM:
+                    if key in metric_attributes:
+                        attributes[key] = metric_attributes[key]
+            else:
+                attributes = self._method_and_route()
             attributes[a.PHASE] = phase
             active.add(1, attributes)
             self.active_attributes = attributes
-
-    def _end_request_span(self, end_ns: int) -> None:
-        if self.request_span.is_recording():
-            self.request_span.end(end_time=end_ns)
-
-    def _end_stream_span(self, end_ns: int) -> None:
-        if self.stream_span is not None and self.stream_span.is_recording():
-            self.stream_span.end(end_time=end_ns)
 
     def _ns(self, at: float) -> int:
         """A clock value as span time (ns since the epoch)."""

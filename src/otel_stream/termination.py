@@ -9,6 +9,16 @@ The reason is decided once, when the exchange ends, from what the middleware saw
 * ``cancelled``: the app's task was cancelled and no disconnect was seen.
 * ``incomplete``: the app returned normally without the final message, and no
   disconnect was seen; or a payload format with an end marker ended without it.
+
+An outgoing call (the client side) ends as its caller read it (:func:`classify_client`):
+
+* ``completed``: the caller read the end of the body, or closed it after an LLM
+  format's end marker.
+* ``consumer_closed``: the caller closed or dropped the response, or was cancelled,
+  before the end.
+* ``server_disconnect``: the connection ended before the body did.
+* ``error``: any other failure of the call or of a read.
+* ``incomplete``: the body ended but an LLM format's end marker never came.
 """
 
 from __future__ import annotations

@@ -68,10 +68,10 @@ from otel_stream.asgi.routes import route_of
 from otel_stream.asgi.types import ASGIApp, Message, Receive, Scope, Send
 from otel_stream.config import Settings, explain_unknown_options, given_settings
 from otel_stream.exchange import Exchange, Phase, current_exchange
-from otel_stream.guard import failsafe, log_failure
+from otel_stream.guard import failsafe, guarded, log_failure
 from otel_stream.payloads import PayloadReader, PayloadSummary, make_reader
 from otel_stream.payloads.events import sse_chunk_has_event
-from otel_stream.recorder import Record, Recorder, extract_context, server_parent
+from otel_stream.recorder import Record, Recorder, server_parent
 
 ServerRequestHook = Callable[[Span, Scope], None]
 
@@ -134,6 +134,7 @@ class StreamingMiddleware:
     ) -> None:
         self.app = app
         self.settings = Settings.from_options(**given_settings(locals()))
+        self.has_excluded_urls = self.settings.has_excluded_urls
         self.server_request_hook = server_request_hook
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
@@ -173,19 +174,22 @@ class StreamingMiddleware:
             await app(scope, receive, send)
             return
         scope[SCOPE_KEY] = True
-        responder = None
-        with failsafe("request start"):
-            settings = self.settings
-            excluded = False
-            if settings.has_excluded_urls:  # building the URL costs microseconds: only if needed
-                url = get_host_port_url_tuple(scope)[2]  # type: ignore[no-untyped-call]
-                excluded = settings.excluded_urls.url_disabled(url)
-            if not excluded:
-                responder = _Responder(self, app, scope, receive, send)
+        responder = self._responder(app, scope, receive, send)
         if responder is None:
             await app(scope, receive, send)
         else:
             await responder.run()
+
+    @guarded("request start")
+    def _responder(
+        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send
+    ) -> _Responder | None:
+        """The instrumented exchange of this request, or None when its URL is excluded."""
+        if self.has_excluded_urls:  # building the URL costs microseconds: only if needed
+            url = get_host_port_url_tuple(scope)[2]  # type: ignore[no-untyped-call]
+            if self.settings.excluded_urls.url_disabled(url):
+                return None
+        return _Responder(self, app, scope, receive, send)
 
 
 class _InsideStack:
@@ -322,9 +326,7 @@ class _Responder:
         settings = middleware.settings
         self.watcher = DisconnectWatcher(receive, state, settings.cancel_on_disconnect)
         method, span_attributes, metric_attributes = _request_attributes(middleware, scope)
-        parent, kind = server_parent(
-            lambda: extract_context(scope, asgi_getter, scope.get("headers") or ())
-        )
+        parent, kind = server_parent(scope, asgi_getter, scope.get("headers") or ())
         recorder = middleware.recorder
         assert recorder is not None
         self.record: Record = recorder.start(
@@ -398,16 +400,14 @@ class _Responder:
             if self.middleware.settings.accel_buffering_header:
                 message = _with_accel_buffering(message)
             await self.forward(message, perf_counter())
-            with failsafe("response start"):
-                self.response_started(message)
+            self.response_started(message)
             self.watcher.watch_soon()
             return
         at = perf_counter()
         await self.forward(message, at)
         sent_at = perf_counter()
         if kind in _BODY_KINDS and not self.body_complete:
-            with failsafe("first byte"):
-                self.body_message(kind, message, at, sent_at)
+            self.body_message(kind, message, at, sent_at)
         elif kind == _TRAILERS and not message.get("more_trailers", False):
             self.state.complete(at, sent_at)
 
@@ -420,6 +420,7 @@ class _Responder:
 
     # What the messages mean (after they were sent) -------------------------------------
 
+    @guarded("response start")
     def response_started(self, message: Message) -> None:
         if self.headers_sent or self.state.phase is not _WAITING:
             return  # a second start (a protocol violation): the server refuses it
@@ -450,6 +451,7 @@ class _Responder:
             )
         record.response_started(status, headers)
 
+    @guarded("first byte")
     def body_message(self, kind: str, message: Message, at: float, sent_at: float) -> None:
         """A body (or zero-copy, or path-send) message that is not a chunk of a stream."""
         body = b""
@@ -498,7 +500,9 @@ class _Responder:
     def learn_route(self) -> None:
         """The route template, once the app has routed the request."""
         if self.record.route is None:
-            self.record.found_route(route_of(self.scope))
+            route = route_of(self.scope)
+            if route:
+                self.record.found_route(route)
 
     def response_complete(self) -> bool:
         return self.state.phase is Phase.COMPLETE
@@ -527,19 +531,23 @@ class _Responder:
         """The app returned or raised: decide the reason, then record."""
         state = self.state
         now = perf_counter()
-        reason = termination.APP_ERROR if error is not None else termination.INCOMPLETE
-        summary: PayloadSummary | None = None
-        with failsafe("request end"):
-            if error is not None and _is_disconnect_error(error):
-                state.failed_send(now)
-                error = None
-            summary = self.summary()
-            truncated = summary is not None and summary.truncated
-            reason = state.outcome(error, payload_truncated=truncated)
-            self.learn_route()
+        if error is not None and _is_disconnect_error(error):
+            state.failed_send(now)  # the server's own "client disconnected" exception
+            error = None
+        summary = self.summary() if self.reader is not None else None
+        reason = self.outcome(error, summary)
+        if reason is None:  # deciding failed (logged): say what is certain
+            reason = termination.APP_ERROR if error is not None else termination.INCOMPLETE
         state.end(now)
         self.record.end(state, reason, error, summary)
 
+    @guarded("request end")
+    def outcome(self, error: BaseException | None, summary: PayloadSummary | None) -> str:
+        self.learn_route()
+        truncated = summary is not None and summary.truncated
+        return self.state.outcome(error, payload_truncated=truncated)
+
+    @guarded("payload reader")
     def summary(self) -> PayloadSummary | None:
         reader = self.reader
         if reader is None:

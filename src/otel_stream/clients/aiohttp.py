@@ -11,9 +11,10 @@ Choices made on purpose:
   ``read``). It is replaced by a thin proxy whose read methods note what each returned
   and count it when the caller comes back for more (forward first); everything else
   goes to the real reader, which the connection keeps feeding.
-* **The end.** A read that returns the end of the body; a read that raises; the caller
-  releasing or closing the response first (aiohttp then sets "Connection closed" on
-  the content, which the proxy sees); or the proxy dropped unread.
+* **The end.** A read that returns the end of the body (recorded once the caller comes
+  back: the read after it, the release, or the response dropped); a read that raises;
+  the caller releasing or closing the response first (aiohttp then sets "Connection
+  closed" on the content, which the proxy sees); or the proxy dropped unread.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from otel_stream.clients.call import ClientCall
 from otel_stream.guard import failsafe
 from otel_stream.recorder import Recorder
+
+
+def _url(session: Any, str_or_url: Any) -> Any:
+    """The request's ``yarl.URL``, joined to the session's base URL as aiohttp does."""
+    build = getattr(session, "_build_url", None)
+    if callable(build):
+        return build(str_or_url)
+    from yarl import URL
+
+    return URL(str_or_url)
 
 
 def traced_by_opentelemetry(session: Any) -> bool:
@@ -66,10 +77,14 @@ class ObservedContent:
             call.end(error=error)
             raise
         data = data_of(result)
+        at = perf_counter()
         if data:
-            call.arrived(data, perf_counter())
+            call.arrived(data, at)
         if self._reader.at_eof():
-            call.end(body_complete=True)
+            if data:  # recorded on the next read, the release, or when dropped
+                call.body_ended(at)
+            else:
+                call.end(body_complete=True)
         return result
 
     async def read(self, n: int = -1) -> bytes:
@@ -147,7 +162,7 @@ def request_wrapper(recorder: Callable[[], Recorder | None]) -> Callable[..., An
             return await wrapped(*args, **kwargs)
         call = None
         with failsafe("aiohttp request start"):
-            url = instance._build_url(args[1])
+            url = _url(instance, args[1])
             call = ClientCall(
                 current,
                 str(args[0]),

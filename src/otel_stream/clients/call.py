@@ -251,6 +251,10 @@ class ClientCall:
         """The payload reader's clock: when the chunk being read arrived."""
         return self.exchange.last_chunk_at
 
+    def body_ended(self, at: float) -> None:
+        """The caller got the end of the body at ``at``; :meth:`end` records it later."""
+        self.exchange.complete(at, at)
+
     def end(self, *, error: BaseException | None = None, body_complete: bool = False) -> None:
         """The call is over: the body ended, the caller closed it, or a read failed.
 
@@ -265,7 +269,7 @@ class ClientCall:
         summary: PayloadSummary | None = None
         with failsafe("client end"):
             self.settle()
-            if body_complete:
+            if body_complete and exchange.phase is not Phase.COMPLETE:
                 exchange.complete(now, now)
             if self.reader is not None:
                 summary = self.reader.finish()

@@ -64,14 +64,21 @@ def _excluded_by_contrib(url: str) -> bool:
     return excluded is not None and bool(excluded.url_disabled(url))
 
 
+def contrib_inside(client: Any, url: Any, handler: str) -> bool:
+    """Whether contrib's instrumentation will start a CLIENT span in ``client``'s transport."""
+    try:
+        transport = client._transport_for_url(url)  # private: an unknown httpx says no
+    except Exception:
+        return False
+    return wrapped_by_opentelemetry(transport, handler) and not _excluded_by_contrib(str(url))
+
+
 def start_call(
     recorder: Recorder, client: Any, request: Any, stream: bool, handler: str
 ) -> ClientCall | None:
     """A call for ``request`` sent by ``client``, its trace headers injected; None on failure."""
     with failsafe("httpx request start"):
         url = request.url
-        transport = client._transport_for_url(url)
-        nested = wrapped_by_opentelemetry(transport, handler) and not _excluded_by_contrib(str(url))
         call = ClientCall(
             recorder,
             request.method,
@@ -80,7 +87,7 @@ def start_call(
             url.port,
             url.path,
             streams=stream,
-            nested=nested,
+            nested=contrib_inside(client, url, handler),
         )
         call.inject(request.headers)
         return call
@@ -113,8 +120,10 @@ def stream_classes(module: ModuleType) -> tuple[type[Any], type[Any]]:
                         call.arrived(chunk, perf_counter())
                         yield chunk
                         call.settle()
-                        break
-                    yield chunk
+                        if call.first_byte_recorded:  # not an SSE ping before it
+                            break
+                    else:
+                        yield chunk
                 settle = call.settle
                 for chunk in chunks:  # the per-chunk path: note, hand on, count
                     if chunk:
@@ -157,8 +166,10 @@ def stream_classes(module: ModuleType) -> tuple[type[Any], type[Any]]:
                         call.arrived(chunk, perf_counter())
                         yield chunk
                         call.settle()
-                        break
-                    yield chunk
+                        if call.first_byte_recorded:  # not an SSE ping before it
+                            break
+                    else:
+                        yield chunk
                 settle = call.settle
                 async for chunk in chunks:  # the per-chunk path: note, hand on, count
                     if chunk:

@@ -35,6 +35,17 @@ logger = logging.getLogger("otel_stream")
 
 #: Keywords of ``instrument()`` that are not settings.
 _OWN_KEYWORDS = ("tracer_provider", "meter_provider", "provider_name")
+#: The settings that mean something for an outgoing call (the rest are the server's).
+_SETTINGS = (
+    "ttfb_buckets",
+    "duration_buckets",
+    "gap_buckets",
+    "chunks_buckets",
+    "body_size_buckets",
+    "time_per_output_token_buckets",
+    "payloads",
+    "payload_max_event_bytes",
+)
 
 _instruments_any = ("httpx >= 0.23", "httpx2 >= 2.0", "aiohttp >= 3.9")
 
@@ -146,9 +157,10 @@ class StreamingClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             otel-stream never guesses it.
         **options: The bucket and payload settings of ``StreamingMiddleware``
             (``ttfb_buckets``, ``duration_buckets``, ``gap_buckets``,
-            ``chunks_buckets``, ``body_size_buckets``, ``payloads``,
+            ``chunks_buckets``, ``body_size_buckets``,
+            ``time_per_output_token_buckets``, ``payloads``,
             ``payload_max_event_bytes``); the ``OTEL_STREAM_*`` variables apply to
-            the rest.
+            the rest. Any other keyword is a ``TypeError`` listing the valid ones.
     """
 
     def instrumentation_dependencies(self) -> Collection[str]:
@@ -158,9 +170,15 @@ class StreamingClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if not resolve(env.OTEL_STREAM_ENABLED, None, parse_bool, True):
             logger.debug("otel-stream: %s is false; not instrumenting", env.OTEL_STREAM_ENABLED)
             return
-        settings_options = {key: value for key, value in kwargs.items() if key not in _OWN_KEYWORDS}
+        unknown = sorted(set(kwargs) - set(_OWN_KEYWORDS) - set(_SETTINGS))
+        if unknown:
+            raise TypeError(
+                f"StreamingClientInstrumentor.instrument() got an unexpected keyword argument "
+                f"{unknown[0]!r}; valid options: {', '.join(sorted(_OWN_KEYWORDS + _SETTINGS))}"
+            )
+        settings_options = {key: value for key, value in kwargs.items() if key in _SETTINGS}
         recorder = Recorder(
-            Settings.from_options(**settings_options),  # a wrong keyword fails here
+            Settings.from_options(**settings_options),
             kwargs.get("tracer_provider"),
             kwargs.get("meter_provider"),
             CLIENT,
