@@ -1,5 +1,20 @@
 """Run the demo: a uvicorn server in a thread, the load in this thread, then the report.
 
+With ``--relay`` a second uvicorn server, in a thread of its own, runs the relay in
+front of the model. Relay and model get SDK providers of their own (two services, as in
+a real deployment, so their server metrics do not mix), and ``StreamingClientInstrumentor``
+is instrumented for the run with the relay's providers. It patches the HTTP client
+libraries of the whole process, so the demo's own clients run under
+``suppress_http_instrumentation``: they are the truth, not the subject.
+
+Choices made on purpose:
+
+* **The relay is not the default.** ``otel-stream demo`` shows one instrumented server
+  against its clients, which every user has; a relay adds a second server, the client
+  instrumentation and a second table, and is what a gateway's owner asks for.
+* **One process.** Clients, relay and model share the ``perf_counter`` clock, so the
+  model's stopwatch and the clients' can be subtracted (the hop's truth).
+
 The demo's listening socket has a small send buffer (accepted connections inherit it),
 and slow readers a small receive buffer: on loopback the kernel would otherwise absorb
 megabytes before a stalled reader holds the server back, and the demo would have to send
