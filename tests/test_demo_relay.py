@@ -141,13 +141,17 @@ def test_relay_report_reads_as_model_or_hop() -> None:
     assert len(marks) >= 5 + 8 + 3 * 4 + 3 * 4  # relay ends, behind it, timings, model or hop
 
 
-def test_coarse_buckets_fail_the_upstream_and_hop_rows() -> None:
+def test_coarse_buckets_fail_the_model_and_hop_rows() -> None:
     env = child_environment(OTEL_STREAM_TTFB_BUCKETS="0.05,0.1")
     result = run_cli(*ARGS, "--requests", "12", "--relay-hold", "0.2", "--json", env=env)
     assert result.returncode == 2, result.stderr
     data = json.loads(result.stdout)
     timings = by_label(data["relay"]["timings"])
-    for label in ("upstream, at the relay's client", "hop: the relay's own part"):
+    for label in (
+        "upstream, at the relay's client",
+        "model, at its own server",
+        "hop: the relay's own part",
+    ):
         p50 = timings[label]["quantiles"][0]
         assert (p50["telemetry"], p50["bucket"], p50["ok"]) == (0.1, [0.1, None], False), label
         assert any(line.startswith(f"{label} p50:") for line in data["failed"]), data["failed"]
@@ -356,7 +360,11 @@ def stopwatch_for(results: list[load.ClientResult], model_ttfb: float) -> dict[i
 
 
 def relay_report(
-    hop_values: list[float], upstream_values: list[float], *, drop_one_call: bool = False
+    hop_values: list[float],
+    upstream_values: list[float],
+    *,
+    model_values: list[float] | None = None,
+    drop_one_call: bool = False,
 ) -> dict[str, Any]:
     results = relayed_results(20)
     stopwatch = stopwatch_for(results, 0.35)
@@ -375,7 +383,7 @@ def relay_report(
     )
     model = report.Metrics(
         terminations={("completed", "streaming"): 20},
-        histograms={report.TTFB: bucketed([0.35] * 20, bounds)},
+        histograms={report.TTFB: bucketed(model_values or [0.35] * 20, bounds)},
     )
     return report.build_report(
         metrics,
@@ -437,6 +445,14 @@ def test_an_upstream_reading_below_the_models_own_fails() -> None:
     data = relay_report([0.1] * 20, [0.3] * 20)
     assert relay_rows(data)[UPSTREAM] == [False] * 3
     assert relay_rows(data)["model, at its own server"] == [True] * 3
+
+
+def test_a_model_server_reading_past_its_own_loops_delay_fails() -> None:
+    # The model's stopwatch says 0.35 s; its middleware, in the same event loop, can add
+    # at most epsilon: 0.6 s is a time to first byte measured from the wrong moment.
+    data = relay_report([0.1] * 20, [0.351] * 20, model_values=[0.6] * 20)
+    assert relay_rows(data)["model, at its own server"] == [False] * 3
+    assert relay_rows(data)[UPSTREAM] == [True] * 3
 
 
 def test_a_count_behind_the_relay_that_differs_fails() -> None:
