@@ -195,8 +195,8 @@ def test_a_hold_the_relays_telemetry_cannot_see_fails_the_hop_and_the_relay() ->
     hop = by_label(data["relay"]["timings"])["hop: the relay's own part"]
     assert hop["count"]["ok"] is True
     for row in hop["quantiles"]:
-        # the relay's telemetry saw a hop of a millisecond; the clients waited 0.4 s more
-        assert row["telemetry"] < 0.01
+        # the relay's telemetry saw a hop of milliseconds; the clients waited 0.4 s more
+        assert row["telemetry"] < 0.1
         assert row["exact"] >= 0.4
         assert row["ok"] is False
     first_byte = by_label(data["timings"])["time to first byte"]["quantiles"][0]

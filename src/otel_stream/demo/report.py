@@ -640,9 +640,10 @@ class RelayData:
     upstream: str
 
 
-#: The layers behind the relay, in the report's order.
-UPSTREAM_CALL = "relay's upstream call"
-MODEL_SERVER = "model's server"
+#: The layers behind the relay, in the report's order, and how the report names them.
+UPSTREAM_CALL = "upstream_call"
+MODEL_SERVER = "model_server"
+LAYER_LABELS = {UPSTREAM_CALL: "relay's upstream call", MODEL_SERVER: "model's server"}
 
 
 def hop_truths(results: Sequence[ClientResult], stopwatch: dict[int, Timing]) -> list[float]:
@@ -753,7 +754,8 @@ def failures(report: dict[str, Any]) -> list[str]:
     ]
     relay = report.get("relay")
     failed.extend(
-        f"terminations at the {row['layer']} {row['reason']}/{row['phase']}: telemetry "
+        f"terminations at the {LAYER_LABELS[row['layer']]} {row['reason']}/{row['phase']}: "
+        f"telemetry "
         f"{row['telemetry']}, clients {row['clients']}"
         for row in (relay["terminations"] if relay else ())
         if row["ok"] is False
@@ -907,7 +909,7 @@ def _render_relay(report: dict[str, Any], relay: dict[str, Any], console: Any) -
     previous = None
     for row in relay["terminations"]:
         table.add_row(
-            row["layer"] if row["layer"] != previous else "",
+            LAYER_LABELS[row["layer"]] if row["layer"] != previous else "",
             row["reason"],
             row["phase"],
             str(row["telemetry"]),
