@@ -13,7 +13,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from otel_stream import StreamingMiddleware
+from otel_stream import StreamingMiddleware, buckets
 from otel_stream.asgi import middleware as asgi_middleware
 from otel_stream.config import Settings
 from otel_stream.payloads import make_reader
@@ -154,7 +154,7 @@ NO_SDK_SCRIPT = textwrap.dedent(
         from opentelemetry.sdk.trace import TracerProvider
         trace.set_tracer_provider(TracerProvider())
         metrics.set_meter_provider(MeterProvider())
-    from otel_stream import StreamingMiddleware
+    from otel_stream import StreamingMiddleware, buckets
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -224,3 +224,91 @@ def test_after_the_client_left_nothing_more_is_counted_or_read(telemetry: Teleme
     assert stream.attributes["http.stream.chunks"] == 2
     assert stream.attributes["http.stream.events"] == 2
     assert "gen_ai.response.finish_reasons" not in stream.attributes
+
+
+USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3}}\n\n'
+METERED_ANSWER = [chat_event("Hel"), chat_event("lo"), chat_event("!"), chat_event(None, "stop")]
+
+
+def run_chat(telemetry: Telemetry) -> None:
+    events = [*METERED_ANSWER, USAGE, b"data: [DONE]\n\n"]
+    app = StreamingMiddleware(sse_app(events, pause=0.005), **telemetry.providers)
+
+    async def send(message: dict[str, Any]) -> None:
+        await asyncio.sleep(0)
+
+    asyncio.run(app(scope_for("/chat"), server_receive(), send))
+
+
+GEN_AI_METRICS = (
+    "gen_ai.server.time_to_first_token",
+    "gen_ai.server.time_per_output_token",
+    "gen_ai.server.request.duration",
+)
+
+
+def test_a_recognised_stream_carries_the_gen_ai_span_attributes(telemetry: Telemetry) -> None:
+    run_chat(telemetry)
+    request, stream = telemetry.span("GET"), telemetry.span("GET stream")
+    assert stream.attributes["gen_ai.request.stream"] is True
+    ttfb = request.attributes["http.stream.time_to_first_byte"]
+    assert stream.attributes["gen_ai.response.time_to_first_chunk"] == pytest.approx(ttfb)
+    for name in GEN_AI_METRICS:  # not opted in: the GenAI metric names are not recorded
+        assert telemetry.points(name) == []
+
+
+def test_the_gen_ai_metric_names_are_recorded_when_opted_in(
+    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http, gen_ai_latest_experimental")
+    run_chat(telemetry)
+    stream = telemetry.span("GET stream")
+    for name in GEN_AI_METRICS:
+        (point,) = telemetry.points(name)
+        assert point.count == 1
+        assert point.attributes["gen_ai.operation.name"] == "chat"
+        assert "gen_ai.provider.name" not in point.attributes  # never guessed
+    (ttft,) = telemetry.points("gen_ai.server.time_to_first_token")
+    assert ttft.sum == pytest.approx(stream.attributes["http.stream.time_to_first_token"])
+    assert tuple(ttft.explicit_bounds) == buckets.TTFB_BUCKETS  # this project's bucket advice
+    (duration,) = telemetry.points("gen_ai.server.request.duration")
+    assert tuple(duration.explicit_bounds) == buckets.DURATION_BUCKETS
+    (ours,) = telemetry.points("http.server.stream.time_to_first_token")
+    assert ours.sum == ttft.sum  # the same measurement under both names
+
+
+def test_a_relayed_stream_records_the_time_the_hop_added(telemetry: Telemetry) -> None:
+    """The server side of the hop: what an instrumented client tells the exchange."""
+    from time import perf_counter
+
+    from otel_stream.exchange import current_exchange
+
+    async def relay(scope: Any, receive: Any, send: Any) -> None:
+        await read_body(receive)
+        exchange = current_exchange.get()
+        assert exchange is not None
+        exchange.upstream_first_byte(perf_counter(), 0.25)  # the upstream's first byte
+        exchange.upstream_first_byte(perf_counter() + 1, 9.0)  # a later call: ignored
+        await asyncio.sleep(0.05)  # the hop's own work before passing it on
+        await start(send, SSE)
+        for event in ANSWER:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    app = StreamingMiddleware(relay, **telemetry.providers)
+    asyncio.run(app(scope_for("/relay"), server_receive(), send))
+    assert current_exchange.get() is None  # reset after the exchange
+    request = telemetry.span("GET")
+    assert request.attributes["http.stream.upstream.time_to_first_byte"] == 0.25
+    (hop,) = telemetry.points("http.server.stream.hop.time_to_first_byte")
+    assert hop.count == 1
+    assert 0.05 <= hop.sum < request.attributes["http.stream.time_to_first_byte"]
+
+
+def test_an_exchange_without_an_upstream_records_no_hop(telemetry: Telemetry) -> None:
+    run_chat(telemetry)
+    assert "http.stream.upstream.time_to_first_byte" not in telemetry.span("GET").attributes
+    assert telemetry.points("http.server.stream.hop.time_to_first_byte") == []

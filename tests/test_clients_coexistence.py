@@ -163,3 +163,37 @@ def test_under_the_anthropic_call_span(telemetry: Telemetry, upstream: str) -> N
     assert stream.attributes["http.stream.termination_reason"] == "completed"
     assert stream.attributes["gen_ai.response.finish_reasons"] == ("end_turn",)
     assert stream.attributes["gen_ai.usage.output_tokens"] == len(client_servers.ANTHROPIC_WORDS)
+
+
+@pytest.mark.parametrize("module", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_one_client_span_beside_contrib_with_an_async_client(
+    telemetry: Telemetry, upstream: str, module: Any, order: str
+) -> None:
+    instrumentors = instrument_both(telemetry, contrib_httpx(module), order)
+
+    async def main() -> bytes:
+        async with (
+            module.AsyncClient() as client,
+            client.stream(
+                "POST",
+                upstream + "/v1/chat/completions",
+                json=CHAT_BODY,
+                headers={"x-demo-ttft": str(TTFT)},
+            ) as response,
+        ):
+            return b"".join([chunk async for chunk in response.aiter_raw()])
+
+    try:
+        body = asyncio.run(main())
+    finally:
+        for instrumentor in instrumentors:
+            instrumentor.uninstrument()
+
+    assert body.endswith(b"data: [DONE]\n\n")
+    spans = telemetry.spans()
+    assert [span.kind for span in spans].count(SpanKind.CLIENT) == 1
+    post = next(
+        s for s in spans if s.instrumentation_scope.name == "otel_stream" and s.name == "POST"
+    )
+    assert post.kind is SpanKind.INTERNAL
+    assert (post.end_time - post.start_time) / 1e9 >= TTFT

@@ -15,7 +15,7 @@ from otel_stream import StreamingMiddleware
 from otel_stream.clients import StreamingClientInstrumentor
 from tests import client_servers
 from tests.client_servers import relay_app, upstream_app
-from tests.servers import serve
+from tests.servers import serve, wait_until
 from tests.telemetry_harness import Telemetry
 
 TTFT = 0.2
@@ -73,6 +73,20 @@ def by_port(spans: list[ReadableSpan], name: str, port: int) -> ReadableSpan:
     return found
 
 
+def finished(telemetry: Telemetry) -> list[ReadableSpan]:
+    """The spans once both streams (the caller's, the relay's upstream) and the relay's
+    server exchange have ended: the relay ends its own a moment after the caller read
+    the last chunk (its upstream stream sees the end on its next read)."""
+
+    def ended() -> bool:
+        spans = telemetry.spans()
+        streams = sum(span.name == "POST stream" for span in spans)
+        return streams >= 2 and any(span.kind is SpanKind.SERVER for span in spans)
+
+    assert wait_until(ended)
+    return telemetry.spans()
+
+
 def ancestors(span: ReadableSpan, spans: list[ReadableSpan]) -> list[int]:
     by_id = {s.context.span_id: s for s in spans}
     chain = []
@@ -87,7 +101,7 @@ def test_a_relayed_stream(telemetry: Telemetry, relay: str, upstream: str, kind:
     answer = ask(relay, kind, **{"x-demo-ttft": str(TTFT), "x-demo-tokens": "6"})
 
     assert answer.strip().startswith("A streaming answer")
-    spans = telemetry.spans()
+    spans = finished(telemetry)
     upstream_request = by_port(spans, "POST", port_of(upstream))
     upstream_stream = by_port(spans, "POST stream", port_of(upstream))
     assert upstream_request.kind is SpanKind.CLIENT
@@ -115,7 +129,7 @@ def test_the_hop_is_what_the_relay_held_back(telemetry: Telemetry, relay: str) -
     answer = ask(relay, "twice", **{"x-demo-ttft": "0.05", "x-relay-delay": str(delay)})
 
     assert answer.strip().startswith("A streaming answer")
-    spans = telemetry.spans()
+    spans = finished(telemetry)
     server = next(span for span in spans if span.kind is SpanKind.SERVER)
     (hop,) = telemetry.points("http.server.stream.hop.time_to_first_byte")
     assert delay <= hop.sum < delay + 0.2
@@ -134,7 +148,7 @@ def test_an_upstream_that_hangs_up_behind_a_relay(
     with pytest.raises(openai.APIConnectionError):  # the relay, too, hung up mid-stream
         ask(relay, kind, **{"x-demo-ttft": "0.01", "x-demo-truncate-after": "2"})
 
-    spans = telemetry.spans()
+    spans = finished(telemetry)
     upstream_stream = by_port(spans, "POST stream", port_of(upstream))
     assert upstream_stream.attributes["http.stream.termination_reason"] == "server_disconnect"
     caller_stream = by_port(spans, "POST stream", port_of(relay))
@@ -161,7 +175,7 @@ def test_the_anthropic_client_through_a_relay(
     client.close()
 
     assert text == "".join(client_servers.ANTHROPIC_WORDS)
-    spans = telemetry.spans()
+    spans = finished(telemetry)
     caller_request = by_port(spans, "POST", port_of(relay))
     assert caller_request.kind is SpanKind.INTERNAL  # under the SDK's own CLIENT call span
     upstream_stream = by_port(spans, "POST stream", port_of(upstream))

@@ -600,16 +600,17 @@ class Record:
     ) -> None:
         stream_span = self.stream_span
         span = stream_span if stream_span is not None else self.request_span
-        span.set_attribute(a.TERMINATION_REASON, reason)
+        # The span's attributes are gathered and set at once: one call into the SDK.
+        span_attributes: dict[str, Any] = {a.TERMINATION_REASON: reason}
         if reason in _ERROR_REASONS and error is not None:
-            span.set_attribute(a.ERROR_TYPE, type(error).__qualname__)
+            span_attributes[a.ERROR_TYPE] = type(error).__qualname__
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
         elif reason == termination.CANCELLED:
-            span.set_attribute(a.ERROR_TYPE, type(error).__qualname__ if error else "cancelled")
+            span_attributes[a.ERROR_TYPE] = type(error).__qualname__ if error else "cancelled"
             span.set_status(Status(StatusCode.ERROR, "cancelled"))
         elif reason == termination.INCOMPLETE:
-            span.set_attribute(a.ERROR_TYPE, termination.INCOMPLETE)
+            span_attributes[a.ERROR_TYPE] = termination.INCOMPLETE
             span.set_status(Status(StatusCode.ERROR, "response incomplete"))
 
         metric_attributes = self.metric_attributes
@@ -627,27 +628,28 @@ class Record:
         termination_attributes[a.TERMINATION_REASON] = reason
         termination_attributes[a.PHASE] = exchange.reported_phase
         if summary is not None:
-            self._record_payload(exchange, summary, span, termination_attributes, reason, error)
+            self._record_payload(
+                exchange, summary, span_attributes, termination_attributes, reason, error
+            )
 
         instruments = self.instruments
         if stream_span is not None:
-            duration = exchange.stream_duration
-            stream_span.set_attributes(
-                {
-                    a.STREAM_CHUNKS: exchange.chunks,
-                    a.STREAM_BYTES: exchange.bytes,
-                    a.STREAM_MAX_CHUNK_GAP: exchange.max_chunk_gap,
-                    a.STREAM_TIME_TO_FIRST_BYTE: exchange.time_to_first_byte or 0.0,
-                }
-            )
+            span_attributes[a.STREAM_CHUNKS] = exchange.chunks
+            span_attributes[a.STREAM_BYTES] = exchange.bytes
+            span_attributes[a.STREAM_MAX_CHUNK_GAP] = exchange.max_chunk_gap
             if self.recorder.side.backpressure:
-                stream_span.set_attribute(a.STREAM_SEND_WAIT, exchange.send_wait)
+                span_attributes[a.STREAM_SEND_WAIT] = exchange.send_wait
+            span_attributes[a.STREAM_TIME_TO_FIRST_BYTE] = exchange.time_to_first_byte or 0.0
             status = metric_attributes.get(a.HTTP_RESPONSE_STATUS_CODE)
             if status is not None:
-                stream_span.set_attribute(a.HTTP_RESPONSE_STATUS_CODE, status)
+                span_attributes[a.HTTP_RESPONSE_STATUS_CODE] = status
+        span.set_attributes(span_attributes)
+        if stream_span is not None:
             small = self._method_and_route()
             with_reason = {**small, a.TERMINATION_REASON: reason}
-            instruments.duration.record(duration, {**metric_attributes, **with_reason})
+            instruments.duration.record(
+                exchange.stream_duration, {**metric_attributes, **with_reason}
+            )
             instruments.chunks.record(exchange.chunks, with_reason)
             instruments.body_size.record(exchange.bytes, with_reason)
             instruments.max_chunk_gap.record(exchange.max_chunk_gap, small)
@@ -660,28 +662,27 @@ class Record:
         self,
         exchange: Exchange,
         summary: PayloadSummary,
-        span: Span,
+        span_attributes: dict[str, Any],
         termination_attributes: dict[str, Any],
         reason: str,
         error: BaseException | None,
     ) -> None:
         """Attributes and metrics of an LLM-aware stream (SSE or NDJSON)."""
-        span.set_attribute(a.STREAM_EVENTS, summary.events)
+        span_attributes[a.STREAM_EVENTS] = summary.events
         if summary.finish_reasons:
-            span.set_attribute(a.GEN_AI_FINISH_REASONS, list(summary.finish_reasons))
+            span_attributes[a.GEN_AI_FINISH_REASONS] = list(summary.finish_reasons)
             termination_attributes[a.GEN_AI_FINISH_REASON] = summary.finish_reasons[0]
         if summary.input_tokens is not None:
-            span.set_attribute(a.GEN_AI_INPUT_TOKENS, summary.input_tokens)
+            span_attributes[a.GEN_AI_INPUT_TOKENS] = summary.input_tokens
         if summary.output_tokens is not None:
-            span.set_attribute(a.GEN_AI_OUTPUT_TOKENS, summary.output_tokens)
+            span_attributes[a.GEN_AI_OUTPUT_TOKENS] = summary.output_tokens
         recognised = summary.format is not None
         if recognised and exchange.first_byte_at is not None:
-            span.set_attribute(a.GEN_AI_REQUEST_STREAM, True)
-            ttfc = exchange.first_byte_at - self.started_at
-            span.set_attribute(a.GEN_AI_TIME_TO_FIRST_CHUNK, ttfc)
+            span_attributes[a.GEN_AI_REQUEST_STREAM] = True
+            span_attributes[a.GEN_AI_TIME_TO_FIRST_CHUNK] = exchange.first_byte_at - self.started_at
         model = getattr(summary, "model", None)
         if recognised and model:
-            span.set_attribute(a.GEN_AI_RESPONSE_MODEL, model)
+            span_attributes[a.GEN_AI_RESPONSE_MODEL] = model
         instruments = self.instruments
         gen_ai = self.recorder.gen_ai if recognised else None
         gen_ai_attributes: dict[str, Any] = {}
@@ -715,7 +716,7 @@ class Record:
         if first_token_at is None:
             return
         ttft = first_token_at - self.started_at
-        span.set_attribute(a.STREAM_TIME_TO_FIRST_TOKEN, ttft)
+        span_attributes[a.STREAM_TIME_TO_FIRST_TOKEN] = ttft
         small = self._method_and_route()
         instruments.time_to_first_token.record(ttft, small)
         if gen_ai is not None and not client:

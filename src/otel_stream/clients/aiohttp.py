@@ -27,7 +27,7 @@ from opentelemetry import context
 from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 
 from otel_stream.clients.call import ClientCall
-from otel_stream.guard import failsafe
+from otel_stream.guard import guarded
 from otel_stream.recorder import Recorder
 
 
@@ -153,6 +153,47 @@ def _iterator(read: Callable[[], Awaitable[bytes]]) -> Any:
     return AsyncStreamIterator(read)
 
 
+@guarded("aiohttp request start")
+def start_call(
+    recorder: Recorder, session: Any, args: Any, kwargs: dict[str, Any]
+) -> ClientCall | None:
+    """A call for the request ``_request(*args, **kwargs)`` is about to send; None on failure.
+
+    Alone, the call writes its trace context into a copy of the request's headers.
+    """
+    url = _url(session, args[1])
+    call = ClientCall(
+        recorder,
+        str(args[0]),
+        url.scheme,
+        url.host or "",
+        url.port,
+        url.path,
+        streams=False,
+        nested=traced_by_opentelemetry(session),
+    )
+    if not call.nested:
+        from multidict import CIMultiDict
+
+        headers: CIMultiDict[str] = CIMultiDict(kwargs.get("headers") or {})
+        call.inject(headers)
+        kwargs["headers"] = headers
+    return call
+
+
+@guarded("aiohttp response")
+def observe_response(call: ClientCall, response: Any) -> None:
+    """Headers arrived: put the observing content in front of the body, tell the call."""
+    response.content = ObservedContent(response.content, call)
+    version = response.version
+    call.response(
+        response.status,
+        response.headers.get,
+        f"{version.major}.{version.minor}" if version else None,
+        decoded=True,
+    )
+
+
 def request_wrapper(recorder: Callable[[], Recorder | None]) -> Callable[..., Any]:
     """The wrapt wrapper of ``ClientSession._request``."""
 
@@ -160,25 +201,8 @@ def request_wrapper(recorder: Callable[[], Recorder | None]) -> Callable[..., An
         current = recorder()
         if current is None or not is_http_instrumentation_enabled() or len(args) < 2:
             return await wrapped(*args, **kwargs)
-        call = None
-        with failsafe("aiohttp request start"):
-            url = _url(instance, args[1])
-            call = ClientCall(
-                current,
-                str(args[0]),
-                url.scheme,
-                url.host or "",
-                url.port,
-                url.path,
-                streams=False,
-                nested=traced_by_opentelemetry(instance),
-            )
-            if not call.nested:
-                from multidict import CIMultiDict
-
-                headers: CIMultiDict[str] = CIMultiDict(kwargs.get("headers") or {})
-                call.inject(headers)
-                kwargs = {**kwargs, "headers": headers}
+        kwargs = dict(kwargs)
+        call = start_call(current, instance, args, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
         token = context.attach(call.context)  # contrib's CLIENT span becomes its child
@@ -189,15 +213,7 @@ def request_wrapper(recorder: Callable[[], Recorder | None]) -> Callable[..., An
             raise
         finally:
             context.detach(token)
-        response.content = ObservedContent(response.content, call)
-        with failsafe("aiohttp response"):
-            version = response.version
-            call.response(
-                response.status,
-                response.headers.get,
-                f"{version.major}.{version.minor}" if version else None,
-                decoded=True,
-            )
+        observe_response(call, response)
         return response
 
     return request

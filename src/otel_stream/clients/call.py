@@ -51,7 +51,7 @@ from opentelemetry.util.http import sanitize_method
 from otel_stream import attributes as a
 from otel_stream import termination
 from otel_stream.exchange import Exchange, Phase, current_exchange
-from otel_stream.guard import failsafe
+from otel_stream.guard import guarded
 from otel_stream.payloads import PayloadReader, PayloadSummary, make_reader
 from otel_stream.payloads.events import sse_chunk_has_event
 from otel_stream.recorder import Record, Recorder
@@ -164,12 +164,13 @@ class ClientCall:
 
     # Events, in the order they happen ----------------------------------------------
 
+    @guarded("client trace context")
     def inject(self, headers: Any) -> None:
         """Write the trace context into the outgoing ``headers`` if this is the CLIENT span."""
         if not self.nested:
-            with failsafe("client trace context"):
-                propagate.inject(headers, context=self.record.context)
+            propagate.inject(headers, context=self.record.context)
 
+    @guarded("client response")
     def response(
         self,
         status: int,
@@ -183,22 +184,21 @@ class ClientCall:
         ``decoded`` is true when the chunks the caller reads are already content-decoded
         (aiohttp), so a compressed SSE body can still be read.
         """
-        with failsafe("client response"):
-            content_type = (header("content-type") or "").lower().encode("latin-1", "replace")
-            media_type = content_type.split(b";", 1)[0].strip()
-            self.sse = media_type == _SSE
-            if media_type in STREAMING_TYPES or header("content-length") is None:
-                self.streams = True
-            settings = self.record.recorder.settings
-            encoding = (header("content-encoding") or "identity").strip().lower()
-            if settings.payloads and (decoded or encoding == "identity"):
-                self.reader = make_reader(
-                    content_type, settings.payload_max_event_bytes, self.chunk_clock
-                )
-            version = http_version.rsplit("/", 1)[-1] if http_version else None
-            self.record.response_started(
-                status, {a.NETWORK_PROTOCOL_VERSION: version} if version else None
+        content_type = (header("content-type") or "").lower().encode("latin-1", "replace")
+        media_type = content_type.split(b";", 1)[0].strip()
+        self.sse = media_type == _SSE
+        if media_type in STREAMING_TYPES or header("content-length") is None:
+            self.streams = True
+        settings = self.record.recorder.settings
+        encoding = (header("content-encoding") or "identity").strip().lower()
+        if settings.payloads and (decoded or encoding == "identity"):
+            self.reader = make_reader(
+                content_type, settings.payload_max_event_bytes, self.chunk_clock
             )
+        version = http_version.rsplit("/", 1)[-1] if http_version else None
+        self.record.response_started(
+            status, {a.NETWORK_PROTOCOL_VERSION: version} if version else None
+        )
 
     def arrived(self, chunk: bytes, at: float) -> None:
         """A non-empty chunk is about to be handed to the caller: note it, count it later.
@@ -263,20 +263,25 @@ class ClientCall:
         if self.ended:
             return
         self.ended = True
-        exchange = self.exchange
         now = perf_counter()
-        reason = termination.ERROR
-        summary: PayloadSummary | None = None
-        with failsafe("client end"):
-            self.settle()
-            if body_complete and exchange.phase is not Phase.COMPLETE:
-                exchange.complete(now, now)
-            if self.reader is not None:
-                summary = self.reader.finish()
-            recognised = summary is not None and summary.format is not None
-            truncated = summary is not None and summary.truncated
-            reason = exchange.client_outcome(
-                error, payload_truncated=truncated, payload_whole=recognised and not truncated
-            )
-        exchange.end(now)
-        self.record.end(exchange, reason, error, summary)
+        decided = self._outcome(error, body_complete, now)
+        reason, summary = decided if decided is not None else (termination.ERROR, None)
+        self.exchange.end(now)
+        self.record.end(self.exchange, reason, error, summary)
+
+    @guarded("client end")
+    def _outcome(
+        self, error: BaseException | None, body_complete: bool, now: float
+    ) -> tuple[str, PayloadSummary | None]:
+        """The reason and the payload summary, once the last chunk is counted."""
+        self.settle()
+        exchange = self.exchange
+        if body_complete and exchange.phase is not Phase.COMPLETE:
+            exchange.complete(now, now)
+        summary = self.reader.finish() if self.reader is not None else None
+        recognised = summary is not None and summary.format is not None
+        truncated = summary is not None and summary.truncated
+        reason = exchange.client_outcome(
+            error, payload_truncated=truncated, payload_whole=recognised and not truncated
+        )
+        return reason, summary

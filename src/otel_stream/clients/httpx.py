@@ -31,7 +31,7 @@ from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.util.http import ExcludeList, get_excluded_urls
 
 from otel_stream.clients.call import ClientCall
-from otel_stream.guard import failsafe
+from otel_stream.guard import guarded
 from otel_stream.recorder import Recorder
 
 _OPENTELEMETRY = "opentelemetry.instrumentation."
@@ -73,32 +73,30 @@ def contrib_inside(client: Any, url: Any, handler: str) -> bool:
     return wrapped_by_opentelemetry(transport, handler) and not _excluded_by_contrib(str(url))
 
 
+@guarded("httpx request start")
 def start_call(
     recorder: Recorder, client: Any, request: Any, stream: bool, handler: str
 ) -> ClientCall | None:
     """A call for ``request`` sent by ``client``, its trace headers injected; None on failure."""
-    with failsafe("httpx request start"):
-        url = request.url
-        call = ClientCall(
-            recorder,
-            request.method,
-            url.scheme,
-            url.host,
-            url.port,
-            url.path,
-            streams=stream,
-            nested=contrib_inside(client, url, handler),
-        )
-        call.inject(request.headers)
-        return call
-    return None
+    url = request.url
+    call = ClientCall(
+        recorder,
+        request.method,
+        url.scheme,
+        url.host,
+        url.port,
+        url.path,
+        streams=stream,
+        nested=contrib_inside(client, url, handler),
+    )
+    call.inject(request.headers)
+    return call
 
 
 def observe_response(call: ClientCall, response: Any, stream_class: Callable[..., Any]) -> None:
     """Headers arrived: tell the call, and put the counting stream in front of the body."""
     response.stream = stream_class(response.stream, call)
-    with failsafe("httpx response"):
-        call.response(response.status_code, response.headers.get, response.http_version)
+    call.response(response.status_code, response.headers.get, response.http_version)
 
 
 def stream_classes(module: ModuleType) -> tuple[type[Any], type[Any]]:
