@@ -417,4 +417,4 @@ class LoadPlan:
     #: Drive the load through the demo's relay.
     relay: bool = False
     #: Median time the relay holds each answer's first chunk (s); 0: it does not.
-    relay_hold: float = 0.0
+    relay_hold: float = 0.1
