@@ -74,7 +74,7 @@ reached its endpoint (m0) and when it handed its first body byte to its server (
 each request names itself to it with ``x-demo-request-id``. A client notes when it got
 its first byte (c1).
 
-* *Upstream, as the relay's client read it* (``http.client.stream.time_to_first_byte``)
+* *Upstream, at the relay's client* (``http.client.stream.time_to_first_byte``)
   is held to the model's m1 - m0. The relay's client sends before the model's endpoint
   is called, and reads the first byte after the model sent it: its reading is at least
   m1 - m0, and at most two loopback transits more. Each transit is a hand-over between
