@@ -20,6 +20,17 @@ How it measures (read before changing):
   only to split that cost into a fixed part per stream and a part per extra chunk;
   single-chunk responses (cost added per request); an OpenAI-style SSE stream of 1,000
   events (role delta, content deltas, finish chunk, usage chunk, ``data: [DONE]``).
+* Wire shapes: every stream of the test corpus (``tests/payload_corpus.py``: OpenAI,
+  Azure, vLLM, SGLang, TGI, llama.cpp, Ollama, Anthropic, Responses... as those servers
+  write them), about 1,000 events each, timed with the bare app, otel-stream with
+  payload parsing on and off, and upstream with ``exclude_spans``. The cost added per
+  event is the stream's added cost divided by its events (SSE events or NDJSON lines;
+  one shape sends four events per chunk). The corpus is loaded from its file, so the
+  bench needs no import path of its own.
+* A single-event ``text/event-stream`` response (one chat chunk, then the end), per
+  request, with the same rows; its payload cost is split into the reader's own work
+  (``make_reader``, ``feed`` and ``finish`` timed alone, in the same run) and the rest,
+  which is the middleware recording what the reader found.
 * Rounds: every round times one block of requests per row, in an order rotated each
   round; the cost a row adds in a round is its time minus the bare app's time in that
   same round, and the tables show the median over rounds (± the median absolute
@@ -46,6 +57,7 @@ import argparse
 import asyncio
 import gc
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import math
@@ -54,7 +66,9 @@ import statistics
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from time import perf_counter, perf_counter_ns
+from types import ModuleType
 from typing import Any
 
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as UpstreamMiddleware
@@ -83,9 +97,27 @@ UPSTREAM_EXCLUDE = 'otel asgi, exclude_spans=["send","receive"]'
 STARLETTE = "Starlette OpenTelemetryMiddleware"
 ROWS = (BARE, OTEL_STREAM, OTEL_STREAM_NO_PAYLOADS, UPSTREAM, UPSTREAM_EXCLUDE, STARLETTE)
 
+SHAPE_ROWS = (BARE, OTEL_STREAM, OTEL_STREAM_NO_PAYLOADS, UPSTREAM_EXCLUDE)
+
 QUEUE_SIZE = 1 << 20
-TARGET_PER_CHUNK = 0.5
+TARGET_PER_CHUNK = 0.8
 TARGET_PER_REQUEST = 0.7
+#: Payload parsing on, per event, against upstream with ``exclude_spans``.
+TARGET_SHAPE_MEDIAN = 1.0
+TARGET_SHAPE_WORST = 1.3
+CORPUS = Path(__file__).resolve().parent.parent / "tests" / "payload_corpus.py"
+
+
+def load_corpus() -> ModuleType:
+    """The test corpus of wire shapes, loaded from its file (it imports only the stdlib)."""
+    spec = importlib.util.spec_from_file_location("payload_corpus", CORPUS)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
 
 PATH = "/v1/chat/completions"
 REQUEST_BODY = json.dumps(
@@ -214,6 +246,8 @@ class Workload:
     start: dict[str, Any]
     bodies: tuple[dict[str, Any], ...]
     requests: int
+    #: The payload events the reader must count (corpus shapes), or None.
+    events: int | None = None
 
     @property
     def chunks(self) -> int:
@@ -237,10 +271,28 @@ def _start(content_type: bytes) -> dict[str, Any]:
     }
 
 
-def _stream(start: dict[str, Any], bodies: Sequence[bytes], requests: int) -> Workload:
+def _stream(
+    start: dict[str, Any], bodies: Sequence[bytes], requests: int, events: int | None = None
+) -> Workload:
     messages = [{"type": "http.response.body", "body": body, "more_body": True} for body in bodies]
     messages.append({"type": "http.response.body", "body": b"", "more_body": False})
-    return Workload(start, tuple(messages), requests)
+    return Workload(start, tuple(messages), requests, events)
+
+
+def shape_stream(shape: Any, requests: int) -> Workload:
+    """One corpus shape's whole stream."""
+    start = _start(shape.content_type)
+    return _stream(start, shape.chunks, requests, shape.events)
+
+
+def single_event(requests: int) -> Workload:
+    """A ``text/event-stream`` response of one chat chunk, sent with the end of the body."""
+    message = {"type": "http.response.body", "body": single_event_body(), "more_body": False}
+    return Workload(_start(b"text/event-stream"), (message,), requests, 1)
+
+
+def single_event_body() -> bytes:
+    return openai_events(5)[2]  # one content delta: the reader decodes it (its first token)
 
 
 def byte_stream(chunks: int, requests: int) -> Workload:
@@ -376,9 +428,13 @@ async def check(row: str, app: ASGIApp, providers: Providers, workload: Workload
         attributes = dict(streams[0].attributes or {}) if len(streams) == 1 else {}
         if attributes.get(STREAM_CHUNKS) != workload.chunks:
             raise AssertionError(f"{row}: no stream span with {workload.chunks} chunks")
-        parsing = row == OTEL_STREAM and workload.sse and payload_reader_exists()
-        if (STREAM_EVENTS in attributes) != parsing:
+        parsing = row == OTEL_STREAM and (workload.sse or workload.events is not None)
+        if (STREAM_EVENTS in attributes) != (parsing and payload_reader_exists()):
             raise AssertionError(f"{row}: {STREAM_EVENTS} should be set: {parsing}")
+        if parsing and workload.events is not None and attributes[STREAM_EVENTS] != workload.events:
+            raise AssertionError(
+                f"{row}: read {attributes[STREAM_EVENTS]} events, not {workload.events}"
+            )
     return exporter.exported - before
 
 
@@ -386,9 +442,11 @@ def payload_reader_exists() -> bool:
     return make_reader(b"text/event-stream; charset=utf-8", 64 * 1024, perf_counter) is not None
 
 
-async def measure(workload: Workload, providers: Providers, rounds: int) -> Result:
+async def measure(
+    workload: Workload, providers: Providers, rounds: int, rows: Sequence[str] = ROWS
+) -> Result:
     app = make_app(workload)
-    apps = {row: instrument(row, app, providers) for row in ROWS}
+    apps = {row: instrument(row, app, providers) for row in rows}
     result = Result()
     for row, instrumented in apps.items():
         result.spans[row] = await check(row, instrumented, providers, workload)
@@ -397,8 +455,8 @@ async def measure(workload: Workload, providers: Providers, rounds: int) -> Resu
         result.garbage[row] = []
     providers.flush()
     for round_index in range(rounds):
-        shift = round_index % len(ROWS)
-        for row in (*ROWS[shift:], *ROWS[:shift]):
+        shift = round_index % len(rows)
+        for row in (*rows[shift:], *rows[:shift]):
             elapsed = await time_block(apps[row], workload.requests)
             result.ns_per_request[row].append(elapsed / workload.requests)
             providers.flush()
@@ -492,6 +550,14 @@ def split_table(report: Report) -> list[str]:
         f"(from {long.chunks:,}- and {short.chunks:,}-chunk byte streams: the per-chunk "
         "column above is fixed / chunks + cost per extra chunk)"
     )
+    fixed = report.split(OTEL_STREAM)[0]
+    upstream_request = report.per_request(UPSTREAM_EXCLUDE)[0]
+    lines.append(
+        f"otel-stream's fixed cost per stream (2 spans, 7 measurements): {fixed:,.1f} µs, "
+        f"beside upstream-with-exclude_spans' cost per request (1 span): "
+        f"{upstream_request:,.1f} µs ({report.ratio(fixed, upstream_request):.2f}x); "
+        "bench/sdk_costs.py splits it by SDK call"
+    )
     return lines
 
 
@@ -512,9 +578,9 @@ def target_table(report: Report) -> list[str]:
             TARGET_PER_REQUEST,
         ),
         (
-            "per chunk, OpenAI SSE, payload parsing on",
+            "per chunk, OpenAI SSE, payload parsing on (the per-shape table below judges it)",
             report.ratio(report.per_chunk("sse", OTEL_STREAM)[0], upstream_sse),
-            TARGET_PER_CHUNK,
+            TARGET_SHAPE_MEDIAN,
         ),
         (
             "per chunk, OpenAI SSE, payload parsing off",
@@ -535,6 +601,115 @@ def target_table(report: Report) -> list[str]:
         f"| (for information) cost per extra chunk, byte stream | {_ratio(marginal)} | | |"
     )
     return lines
+
+
+def _verdict(value: float, target: float) -> str:
+    return "PASS" if value <= target else "FAIL"
+
+
+def reader_per_event(shape: Any, rounds: int) -> float:
+    """ns per event of the reader alone on one corpus shape (make_reader, every chunk's
+    ``feed``, ``finish``): median of rounds, timed in this process with nothing else."""
+    samples = []
+    for _ in range(rounds):
+        gc.disable()
+        try:
+            started = perf_counter_ns()
+            reader = make_reader(shape.content_type, 64 * 1024, perf_counter)
+            assert reader is not None
+            for chunk in shape.chunks:
+                reader.feed(chunk)
+            reader.finish()
+            samples.append((perf_counter_ns() - started) / shape.events)
+        finally:
+            gc.enable()
+    return statistics.median(samples)
+
+
+def shape_table(report: Report, shapes: dict[str, Any], alone: dict[str, float]) -> list[str]:
+    """Per corpus shape: ns added per event by each row, and parsing on / upstream."""
+    lines = [
+        "| wire shape | events | payloads on (ns/event) | payloads off (ns/event) "
+        "| upstream, exclude_spans (ns/event) | on / upstream | off / upstream "
+        "| reader alone (ns/event) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    ratios = []
+    for name, shape in shapes.items():
+        result = report.results[f"shape:{name}"]
+        on, off, upstream = (
+            (result.added(row)[0] / shape.events, result.added(row)[1] / shape.events)
+            for row in (OTEL_STREAM, OTEL_STREAM_NO_PAYLOADS, UPSTREAM_EXCLUDE)
+        )
+        ratio = report.ratio(on[0], upstream[0])
+        ratios.append(ratio)
+        off_ratio = report.ratio(off[0], upstream[0])
+        lines.append(
+            f"| {name} | {shape.events:,} | {_cost(on, 0)} | {_cost(off, 0)} | "
+            f"{_cost(upstream, 0)} | {_ratio(ratio)} | {_ratio(off_ratio)} | {alone[name]:,.0f} |"
+        )
+    median, worst = statistics.median(ratios), max(ratios)
+    lines += [
+        "",
+        "| payloads on / upstream-with-exclude_spans, per event | ratio | target | verdict |",
+        "|---|---|---|---|",
+        f"| median shape | {_ratio(median)} | <= {TARGET_SHAPE_MEDIAN}x | "
+        f"{_verdict(median, TARGET_SHAPE_MEDIAN)} |",
+        f"| worst shape | {_ratio(worst)} | <= {TARGET_SHAPE_WORST}x | "
+        f"{_verdict(worst, TARGET_SHAPE_WORST)} |",
+    ]
+    return lines
+
+
+def reader_cost(body: bytes, requests: int, rounds: int) -> dict[str, float]:
+    """µs per request of the reader alone on a one-event SSE body: median of rounds."""
+    content_type = b"text/event-stream"
+    parts: dict[str, list[float]] = {"make_reader": [], "feed": [], "finish": []}
+    for _ in range(rounds):
+        gc.disable()
+        try:
+            made = perf_counter_ns()
+            readers = [make_reader(content_type, 64 * 1024, perf_counter) for _ in range(requests)]
+            fed = perf_counter_ns()
+            for reader in readers:
+                if reader is not None:
+                    reader.feed(body)
+            finished = perf_counter_ns()
+            for reader in readers:
+                if reader is not None:
+                    reader.finish()
+            done = perf_counter_ns()
+        finally:
+            gc.enable()
+        parts["make_reader"].append((fed - made) / requests / 1_000)
+        parts["feed"].append((finished - fed) / requests / 1_000)
+        parts["finish"].append((done - finished) / requests / 1_000)
+    return {name: statistics.median(values) for name, values in parts.items()}
+
+
+def single_event_table(report: Report, reader: dict[str, float]) -> list[str]:
+    result = report.results["single-event"]
+    on, off, upstream = (
+        (result.added(row)[0] / 1_000, result.added(row)[1] / 1_000)
+        for row in (OTEL_STREAM, OTEL_STREAM_NO_PAYLOADS, UPSTREAM_EXCLUDE)
+    )
+    ratio = report.ratio(on[0], upstream[0])
+    payload = on[0] - off[0]
+    alone = sum(reader.values())
+    return [
+        "| per request, one-event text/event-stream response (µs) | payloads on "
+        "| payloads off | upstream, exclude_spans | on / upstream | target | verdict |",
+        "|---|---|---|---|---|---|---|",
+        f"| cost added | {_cost(on, 2)} | {_cost(off, 2)} | {_cost(upstream, 2)} | "
+        f"{_ratio(ratio)} | <= {TARGET_PER_REQUEST}x | {_verdict(ratio, TARGET_PER_REQUEST)} |",
+        "",
+        "| payload parsing's share of that request (µs) | |",
+        "|---|---|",
+        f"| payloads on minus payloads off | {payload:,.2f} |",
+        f"| the reader alone: make_reader + feed + finish | {alone:,.2f} "
+        f"({reader['make_reader']:,.2f} + {reader['feed']:,.2f} + {reader['finish']:,.2f}) |",
+        f"| the rest: the middleware recording what the reader found | {payload - alone:,.2f} |",
+    ]
 
 
 def _ratio(value: float) -> str:
@@ -560,11 +735,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     drops = DropCounter()
     logging.getLogger("opentelemetry.sdk._shared_internal").addFilter(drops)
+    corpus = load_corpus()
+    tokens = max(1, args.chunks - 8)  # the events around the content deltas
+    shapes = {name: build(tokens) for name, build in corpus.SHAPES.items()}
     workloads = {
         "stream": byte_stream(args.chunks, streams),
         "short": byte_stream(short_chunks, max(1, streams * args.chunks // short_chunks // 4)),
         "request": single_chunk(requests),
         "sse": sse_stream(args.chunks, streams),
+    }
+    shape_workloads = {
+        "single-event": single_event(requests),
+        **{f"shape:{name}": shape_stream(shape, streams) for name, shape in shapes.items()},
     }
     providers = Providers()
     began = perf_counter()
@@ -573,10 +755,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             key: asyncio.run(measure(workload, providers, rounds))
             for key, workload in workloads.items()
         }
+        for key, workload in shape_workloads.items():
+            results[key] = asyncio.run(measure(workload, providers, rounds, SHAPE_ROWS))
         metrics = providers.reader.get_metrics_data()
     finally:
         providers.shutdown()
-    report = Report(results, workloads)
+    reader = reader_cost(single_event_body(), requests, rounds)
+    alone = {name: reader_per_event(shape, rounds) for name, shape in shapes.items()}
+    report = Report(results, {**workloads, **shape_workloads})
 
     packages = ("otel-stream", "opentelemetry-sdk", "opentelemetry-instrumentation-asgi")
     versions = ", ".join(
@@ -602,6 +788,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(split_table(report)))
     print("\nTargets:\n")
     print("\n".join(target_table(report)))
+    print(
+        f"\nLLM wire shapes (the test corpus, {tokens:,} content deltas each), cost added per"
+        " event, median of rounds ± median absolute deviation:\n"
+    )
+    print("\n".join(shape_table(report, shapes, alone)))
+    print(
+        "\n(reader alone: the payload reader fed the same chunks directly, no middleware; "
+        "payloads on minus payloads off is what it costs inside the middleware)"
+    )
+    print("\nOne-event text/event-stream response:\n")
+    print("\n".join(single_event_table(report, reader)))
     return 0
 
 

@@ -73,6 +73,10 @@ class SpyReader:
     def first_token_at(self) -> float | None:
         return self.reader.first_token_at
 
+    @property
+    def error(self) -> Exception | None:
+        return self.reader.error
+
     def feed(self, chunk: bytes) -> None:
         self.log.append(("read", chunk))
         self.reader.feed(chunk)
@@ -227,7 +231,11 @@ def test_after_the_client_left_nothing_more_is_counted_or_read(telemetry: Teleme
 
 
 USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3}}\n\n'
-METERED_ANSWER = [chat_event("Hel"), chat_event("lo"), chat_event("!"), chat_event(None, "stop")]
+FIRST_WITH_MODEL = (
+    b'data: {"model":"gpt-test-1","choices":[{"index":0,"delta":{"content":"Hel"},'
+    b'"finish_reason":null}]}\n\n'
+)
+METERED_ANSWER = [FIRST_WITH_MODEL, chat_event("lo"), chat_event("!"), chat_event(None, "stop")]
 
 
 def run_chat(telemetry: Telemetry) -> None:
@@ -251,6 +259,7 @@ def test_a_recognised_stream_carries_the_gen_ai_span_attributes(telemetry: Telem
     run_chat(telemetry)
     request, stream = telemetry.span("GET"), telemetry.span("GET stream")
     assert stream.attributes["gen_ai.request.stream"] is True
+    assert stream.attributes["gen_ai.response.model"] == "gpt-test-1"
     ttfb = request.attributes["http.stream.time_to_first_byte"]
     assert stream.attributes["gen_ai.response.time_to_first_chunk"] == pytest.approx(ttfb)
     for name in GEN_AI_METRICS:  # not opted in: the GenAI metric names are not recorded
@@ -268,6 +277,7 @@ def test_the_gen_ai_metric_names_are_recorded_when_opted_in(
         assert point.count == 1
         assert point.attributes["gen_ai.operation.name"] == "chat"
         assert "gen_ai.provider.name" not in point.attributes  # never guessed
+        assert point.attributes["gen_ai.response.model"] == "gpt-test-1"
     (ttft,) = telemetry.points("gen_ai.server.time_to_first_token")
     assert ttft.sum == pytest.approx(stream.attributes["http.stream.time_to_first_token"])
     assert tuple(ttft.explicit_bounds) == buckets.TTFB_BUCKETS  # this project's bucket advice

@@ -192,7 +192,7 @@ def test_a_hand_added_middleware_nests_under_fastapi_once(instrumented: Telemetr
 
 @pytest.mark.skipif(
     importlib.util.find_spec("opentelemetry.instrumentation.starlette") is None,
-    reason="opentelemetry-instrumentation-starlette is not installed (see pyproject.toml)",
+    reason="opentelemetry-instrumentation-starlette is not installed (.ci/run installs it)",
 )
 def test_contrib_starlette_instrumentor_owns_it(instrumented: Telemetry) -> None:
     from opentelemetry.instrumentation.starlette import StarletteInstrumentor

@@ -340,6 +340,7 @@ def reference_chat(objects: list[dict[str, object]], done: bool) -> PayloadSumma
         output_tokens=usage.get("completion_tokens"),  # type: ignore[arg-type]
         truncated=not done,
         format="openai.chat_completions",
+        operation="chat",
     )
 
 

@@ -10,17 +10,24 @@ from otel_stream.version import __version__
 if TYPE_CHECKING:
     from otel_stream.clients import StreamingClientInstrumentor
     from otel_stream.instrumentor import StreamingInstrumentor
+    from otel_stream.wsgi import StreamingWSGIMiddleware
 
 __all__ = [
     "StreamingClientInstrumentor",
     "StreamingInstrumentor",
     "StreamingMiddleware",
+    "StreamingWSGIMiddleware",
     "__version__",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: importing otel_stream loads no patching machinery.
+    # Imported on first use: importing otel_stream loads no patching machinery, and an
+    # ASGI service no WSGI adapter.
+    if name == "StreamingWSGIMiddleware":
+        from otel_stream.wsgi import StreamingWSGIMiddleware
+
+        return StreamingWSGIMiddleware
     if name == "StreamingInstrumentor":
         from otel_stream.instrumentor import StreamingInstrumentor
 

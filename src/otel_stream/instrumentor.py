@@ -1,4 +1,4 @@
-"""``StreamingInstrumentor``: the streaming middleware in every ASGI app a process serves.
+"""``StreamingInstrumentor``: the streaming middleware in every ASGI, Flask and Django app.
 
 Choices made on purpose (read before changing; docs/integrations.md shows the traces):
 
@@ -17,6 +17,9 @@ Choices made on purpose (read before changing; docs/integrations.md shows the tr
   hypercorn's ``ASGIWrapper``, granian's ASGI callback and lifespan wrappers (one
   middleware for both), daphne's ``Server``. A Starlette app found there is left to its
   own stack.
+* **WSGI apps** (Flask's and Django's) get ``StreamingWSGIMiddleware`` where the framework
+  is called: ``Flask.__call__`` and Django's ``WSGIHandler.__call__`` (see
+  ``otel_stream.wsgi.auto`` for why there).
 * **Patches wait for their module.** Each is applied when its module is imported (wrapt
   post-import hooks): instrumenting never imports a server the process does not use
   (importing daphne installs Twisted's reactor, for one).
@@ -276,6 +279,18 @@ def _daphne_server_init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> 
     _guarded("instrumenting a daphne app", change)
 
 
+def _flask_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    from otel_stream.wsgi import auto  # the WSGI adapter loads with the first WSGI app
+
+    return auto.flask_call(wrapped, instance, args, kwargs)
+
+
+def _django_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    from otel_stream.wsgi import auto
+
+    return auto.django_call(wrapped, instance, args, kwargs)
+
+
 _GRANIAN = ((None, "_asgi_call_wrap", _granian_callback_wrapper),)
 
 #: module -> ((owner in the module or None for the module itself, attribute, wrapper), ...)
@@ -289,6 +304,9 @@ _TARGETS: Mapping[str, tuple[tuple[str | None, str, Callable[..., Any]], ...]] =
     "granian.server.mt": _GRANIAN,
     "granian.server.embed": _GRANIAN,
     "daphne.server": (("Server", "__init__", _daphne_server_init),),
+    # WSGI: where the frameworks are called (otel_stream.wsgi.auto says why there).
+    "flask.app": (("Flask", "__call__", _flask_call),),
+    "django.core.handlers.wsgi": (("WSGIHandler", "__call__", _django_call),),
 }
 
 
@@ -389,7 +407,7 @@ def validate_environment(environ: MutableMapping[str, str] | None = None) -> lis
 
 
 class StreamingInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """Instrument every ASGI app the process serves with the streaming middleware.
+    """Instrument every ASGI, Flask and Django app the process serves with the streaming middleware.
 
     ``opentelemetry-instrument`` finds it through the ``opentelemetry_instrumentor``
     entry point ``otel_stream``; ``OTEL_STREAM_ENABLED=true`` starts it without a

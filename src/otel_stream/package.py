@@ -16,4 +16,6 @@ _instruments_any: tuple[str, ...] = (
     "hypercorn >= 0.17",
     "granian >= 2.0",
     "daphne >= 4.0",
+    "flask >= 2.2",
+    "django >= 4.2",
 )

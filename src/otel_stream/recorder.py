@@ -680,7 +680,7 @@ class Record:
         if recognised and exchange.first_byte_at is not None:
             span_attributes[a.GEN_AI_REQUEST_STREAM] = True
             span_attributes[a.GEN_AI_TIME_TO_FIRST_CHUNK] = exchange.first_byte_at - self.started_at
-        model = getattr(summary, "model", None)
+        model = summary.model
         if recognised and model:
             span_attributes[a.GEN_AI_RESPONSE_MODEL] = model
         instruments = self.instruments
@@ -769,5 +769,4 @@ class Record:
 
 def _operation_name(summary: PayloadSummary) -> str:
     """``gen_ai.operation.name`` of a recognised format."""
-    name = getattr(summary, "operation_name", None)
-    return name if isinstance(name, str) and name else "chat"
+    return summary.operation or "chat"

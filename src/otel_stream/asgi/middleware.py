@@ -553,7 +553,7 @@ class _Responder:
         if reader is None:
             return None
         summary = reader.finish()
-        error = getattr(reader, "error", None)
+        error = reader.error
         if error is not None:
             log_failure("payload reader", error)
         return summary

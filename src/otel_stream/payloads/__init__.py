@@ -6,7 +6,8 @@ stream ends, ``finish()`` returns a :class:`PayloadSummary`.
 
 ``framing`` cuts the bytes into events (SSE) or lines (NDJSON); ``formats`` recognises
 OpenAI chat completions, OpenAI Responses, Anthropic messages and Ollama payloads and
-reads from them only what the summary needs.
+reads from them only what the summary needs. The package imports nothing else of
+``otel_stream``: a reader that fails keeps the exception in ``error`` for its caller.
 """
 
 from __future__ import annotations
@@ -24,9 +25,17 @@ _NDJSON = frozenset({b"application/x-ndjson", b"application/jsonl", b"applicatio
 
 
 class PayloadReader(Protocol):
+    """What ``make_reader`` returns: feed it every body chunk, then ``finish`` it."""
+
     @property
     def first_token_at(self) -> float | None:
         """Clock value of the first event carrying generated content, once read."""
+
+    @property
+    def error(self) -> Exception | None:
+        """The exception that stopped the reader, if one did; it then reads no more.
+
+        Readers never raise and never log: the caller logs this once."""
 
     def feed(self, chunk: bytes) -> None:
         """Read one body chunk; never raises."""

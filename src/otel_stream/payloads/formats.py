@@ -15,14 +15,30 @@ Choices made on purpose (read before "fixing"):
   followed by ``:`` only occurs as a key, and keys are checked with optional
   whitespace around the colon (``json.dumps`` writes ``": "``). Encoders that escape
   plain ASCII letters in keys (``"\\u0064one"``) are not supported.
-* **Plain deltas cost three scans.** Once the first token is known, the events that
-  make up nearly all of a stream are recognised without decoding: an Anthropic or
-  Responses text delta by its leading ``type``, an Ollama line by its trailing
-  ``"done":false}``, an OpenAI chunk when its last ``"finish_reason"`` is null and its
-  only object value is the choice's ``delta`` (one ``":{``), which leaves no room for a
-  second choice, a usage or an error object. This assumes a chunk is written by one JSON
-  encoder, so its object values are all spelled ``":{`` or all ``": {``, and that
-  Ollama reports an error in a line of its own (``{"error": ...}``), as it does.
+* **After the first token, an OpenAI chat event is decoded only if it can matter.**
+  ``chat`` decides with byte scans that do not depend on the encoder's spelling: every
+  ``"finish_reason"`` must be followed by ``:null`` or ``: null`` (or be absent, as
+  gateways that leave nulls out write it), every ``"usage"`` likewise, and ``"error"``
+  must not occur. Such an event is counted and flagged ``plain``, so the framing can
+  learn its shape and count the next ones without calling this module at all (see
+  ``framing``). Anthropic and Responses text deltas are recognised by their leading
+  ``type``, an Ollama line by its trailing ``"done":false}``.
+* **What is not read, on purpose.** Two things the scans can miss, each tested: an
+  Ollama line that ends ``"done":false}`` but carries an ``error`` key (Ollama reports
+  errors in a line of their own, ``{"error": ...}``); and a model named only in events
+  read after the first token (see the next point).
+* **The model is read once.** ``model`` is taken from the first decoded event that
+  names one (OpenAI chunks and Ollama lines: ``model``; Anthropic: ``message_start``'s
+  ``message.model``; Responses: ``response.model``), never from a decode made for it:
+  the first event of every stream is decoded to recognise its format, and it names the
+  model in every format but Azure's prompt-filter chunk (whose ``model`` is empty, so
+  the next decoded chunk names it). Values outside ``[A-Za-z0-9_.:/@+-]{1,128}`` read
+  ``_OTHER``.
+* **Operation names** (``operation``, for ``gen_ai.operation.name``): ``chat`` for chat
+  completions, Anthropic messages and Ollama ``/api/chat``; ``text_completion`` for
+  legacy completions (``object: text_completion`` or ``choices[].text``) and Ollama
+  ``/api/generate``; ``chat`` for the Responses API too, as the GenAI conventions have
+  no separate name for it.
 * **Native reason values.** Finish reasons are passed on as each format names them
   (``stop``, ``end_turn``, ``max_tokens``...), except that anything outside
   ``[A-Za-z0-9_.-]{1,64}`` becomes ``_OTHER``: the first reason is a metric attribute,
@@ -53,12 +69,19 @@ OPENAI_RESPONSES = "openai.responses"
 ANTHROPIC = "anthropic.messages"
 OLLAMA = "ollama"
 
+#: ``gen_ai.operation.name`` values.
+CHAT = "chat"
+TEXT_COMPLETION = "text_completion"
+#: What a reason or model name outside the safe characters reads.
+OTHER = "_OTHER"
+
 #: Events read without recognising a format before the interpreter only counts.
 MAX_UNRECOGNISED_EVENTS = 32
 #: Distinct choices whose finish reason is kept.
 MAX_CHOICES = 64
 
 _SAFE_REASON = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_SAFE_MODEL = re.compile(r"[A-Za-z0-9_.:/@+\-]{1,128}")
 _ANTHROPIC_TYPES = frozenset(
     {
         "message_start",
@@ -71,17 +94,22 @@ _ANTHROPIC_TYPES = frozenset(
 )
 _RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
-# Byte patterns of the prefilters.
+# Byte patterns of the prefilters. ``bytes.rfind`` rather than ``in``: on bytes, ``in``
+# first tries the needle as an integer and pays for the failed conversion every time.
 _DONE = b"[DONE]"
+_CHOICES = b'"choices"'
+_TYPE = b'"type"'
+_DONE_KEY = b'"done"'
 _FINISH_REASON = b'"finish_reason"'
-_FINISH_REASON_KEY = b'"finish_reason":'
-_FINISH_REASON_NULL = b'"finish_reason":null'
-_FINISH_REASON_SET = re.compile(rb'"finish_reason"\s*:\s*[^\sn]')
 _USAGE = b'"usage"'
-_USAGE_NULL = b'"usage":null'
-_USAGE_SET = re.compile(rb'"usage"\s*:\s*[^\sn]')
+_NULL_VALUES = (b":null", b": null")
 _ERROR = b'"error"'
+#: The keys whose value may change a chat summary after the first token.
+CHAT_KEYS_THAT_MATTER = (_FINISH_REASON, _USAGE, _ERROR)
 _TYPE_ERROR = re.compile(rb'"type"\s*:\s*"error"')
+_DELTA_TYPE_END = b'.delta"'
+_MESSAGE_TYPE = b'"message_'
+_RESPONSES_ENDS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
 _RESPONSES_TEXT_DELTA = (
     b'{"type":"response.output_text.delta"',
     b'{"type": "response.output_text.delta"',
@@ -89,6 +117,22 @@ _RESPONSES_TEXT_DELTA = (
 _ANTHROPIC_TEXT_DELTA = (b'{"type":"content_block_delta"', b'{"type": "content_block_delta"')
 _OLLAMA_NOT_DONE = (b'"done":false}', b'"done": false}')
 _OLLAMA_DONE_SET = re.compile(rb'"done"\s*:\s*[^\sf]')
+_OBJECT_START = b"{"
+
+# What ``plain_head`` looks for: a leading type (Anthropic, Responses), else the string
+# value that carries a chat delta's text.
+_TYPE_VALUE_START = (b'{"type":"', b'{"type": "')
+_QUOTE = b'"'
+_TEXT_VALUES = tuple(
+    key + separator
+    for key in (b'"content"', b'"text"', b'"reasoning_content"', b'"reasoning"')
+    for separator in (b':"', b': "')
+)
+#: The inside of a JSON string with no escape and no raw line break (the common text):
+#: one character class, the fast case of the regular-expression engine.
+PLAIN_TEXT = re.compile(rb'[^"\\\r\n]*')
+#: The inside of any JSON string with no raw line break.
+JSON_TEXT = re.compile(rb'[^"\\\r\n]*(?:\\[^\r\n][^"\\\r\n]*)*')
 
 # Regular expressions for the first and last bytes of oversized events.
 _TYPE_VALUE = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.\-]{1,64})"')
@@ -97,6 +141,7 @@ _DONE_VALUE = re.compile(rb'"done"\s*:\s*(true|false)')
 _FINISH_REASON_VALUE = re.compile(rb'"finish_reason"\s*:\s*"([^"\\]{1,64})"')
 _DONE_REASON_VALUE = re.compile(rb'"done_reason"\s*:\s*"([^"\\]{1,64})"')
 _REASON_VALUE = re.compile(rb'"reason"\s*:\s*"([^"\\]{1,64})"')
+_MODEL_VALUE = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d{1,18})')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d{1,18})')
 _INPUT_TOKENS = re.compile(rb'"input_tokens"\s*:\s*(\d{1,18})')
@@ -112,12 +157,42 @@ def _loads(data: bytes) -> Any:
         return None
 
 
-def _has_value(data: bytes, key: bytes, key_null: bytes, key_set: re.Pattern[bytes]) -> bool:
-    """Whether ``key`` occurs as a JSON key with a value other than null."""
-    occurrences = data.count(key)
-    if not occurrences or occurrences == data.count(key_null):
-        return False
-    return key_set.search(data) is not None
+def _non_null(data: bytes, key: bytes) -> bool:
+    """Whether ``key`` occurs followed by anything but ``:null`` / ``: null``."""
+    after = len(key)
+    at = data.rfind(key)
+    while at >= 0:
+        if not data.startswith(_NULL_VALUES, at + after):
+            return True
+        at = data.rfind(key, 0, at)
+    return False
+
+
+def chat_may_matter(data: bytes) -> bool:
+    """Whether a chat event read after the first token may change the summary.
+
+    False only when no finish reason or usage other than null and no error key is in
+    it, whatever the encoder's spelling (``:`` or ``: ``, nulls written or left out).
+    """
+    return _non_null(data, _FINISH_REASON) or _non_null(data, _USAGE) or data.rfind(_ERROR) >= 0
+
+
+def plain_head(data: bytes) -> tuple[int, bool]:
+    """Where the varying part of a plain event begins, and whether it is a JSON string.
+
+    A typed event (Anthropic, Responses) is plain by its type: its head runs to the end
+    of the type value and nothing after it needs checking (``False``). A chat event's
+    head runs to the start of its text (``content``, legacy ``text``, reasoning), a
+    string the framing must see closed (``True``). ``-1`` when there is neither.
+    """
+    if data.startswith(_TYPE_VALUE_START):
+        end = data.find(_QUOTE, len(_TYPE_VALUE_START[0]))
+        return end + 1, False
+    for needle in _TEXT_VALUES:
+        at = data.find(needle)
+        if at >= 0:
+            return at + len(needle), True
+    return -1, False
 
 
 def _text(value: object) -> bool:
@@ -161,7 +236,7 @@ def format_of(obj: Any) -> str | None:
 
 def _format_of_bytes(head: bytes) -> str | None:
     """The format of an oversized event, from its first bytes."""
-    if b'"choices"' in head:
+    if head.find(_CHOICES) >= 0:
         return OPENAI_CHAT
     kind = _first(_EVENT_FIELD, head) or _first(_TYPE_VALUE, head)
     if kind is not None:
@@ -169,7 +244,9 @@ def _format_of_bytes(head: bytes) -> str | None:
             return OPENAI_RESPONSES
         if kind in _ANTHROPIC_TYPES:
             return ANTHROPIC
-    if b'"done"' in head and (b'"message"' in head or b'"response"' in head):
+    if head.find(_DONE_KEY) >= 0 and (
+        head.find(b'"message"') >= 0 or head.find(b'"response"') >= 0
+    ):
         return OLLAMA
     return None
 
@@ -188,6 +265,22 @@ def _chat_choice_has_content(choice: dict[str, Any]) -> bool:
     return _text(choice.get("text"))  # legacy completions
 
 
+def _chat_operation(obj: dict[str, Any], choices: list[Any]) -> str | None:
+    """``chat`` or ``text_completion`` for a chat-completions-style chunk, if it tells."""
+    kind = obj.get("object")
+    if kind == "text_completion":
+        return TEXT_COMPLETION
+    if isinstance(kind, str) and kind.startswith("chat.completion"):
+        return CHAT
+    for choice in choices:
+        if isinstance(choice, dict):
+            if "delta" in choice:
+                return CHAT
+            if "text" in choice:
+                return TEXT_COMPLETION
+    return None
+
+
 class Interpreter:
     """Reads the events of one stream; feed them to ``handle``, then call ``summary``.
 
@@ -196,7 +289,6 @@ class Interpreter:
     """
 
     __slots__ = (
-        "chat_after_token",
         "clock",
         "ended",
         "error",
@@ -205,7 +297,10 @@ class Interpreter:
         "format",
         "handle",
         "input_tokens",
+        "model",
+        "operation",
         "output_tokens",
+        "plain",
         "reasons",
         "unrecognised",
     )
@@ -213,6 +308,8 @@ class Interpreter:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.format: str | None = None
+        self.operation: str | None = None
+        self.model: str | None = None
         self.events = 0
         self.unrecognised = 0
         self.first_token_at: float | None = None
@@ -223,9 +320,10 @@ class Interpreter:
         self.ended = False
         #: Called with the data of every event; replaced once the format is known.
         self.handle: Callable[[bytes], None] = self.detect
-        #: OpenAI chat completions with the first token read: readers may count a plain
-        #: delta themselves (``is_plain_chat_delta``) instead of calling ``handle``.
-        self.chat_after_token = False
+        #: Set when the event just handled was found, by byte scans, unable to change the
+        #: summary: the framing may learn its shape (``plain_head``) and count the next
+        #: ones of the same shape itself. The framing clears it.
+        self.plain = False
 
     def summary(self) -> PayloadSummary:
         reasons = tuple(self.reasons[index] for index in sorted(self.reasons))
@@ -239,6 +337,8 @@ class Interpreter:
             output_tokens=self.output_tokens,
             truncated=self.format is not None and not self.ended,
             format=self.format,
+            model=self.model,
+            operation=self.operation if self.operation is not None or self.format is None else CHAT,
         )
 
     # Shared bookkeeping ----------------------------------------------------------------
@@ -246,13 +346,17 @@ class Interpreter:
     def token(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = self.clock()
-            self.chat_after_token = self.format == OPENAI_CHAT
 
     def reason(self, index: int, value: object) -> None:
         if index in self.reasons or len(self.reasons) >= MAX_CHOICES:
             return
         safe = isinstance(value, str) and _SAFE_REASON.fullmatch(value) is not None
-        self.reasons[index] = value if safe and isinstance(value, str) else "_OTHER"
+        self.reasons[index] = value if safe and isinstance(value, str) else OTHER
+
+    def name_model(self, value: object) -> None:
+        """Keep the first model name the payload gives (an empty one names nothing)."""
+        if self.model is None and isinstance(value, str) and value:
+            self.model = value if _SAFE_MODEL.fullmatch(value) is not None else OTHER
 
     def usage(self, input_tokens: object, output_tokens: object) -> None:
         if (count := _tokens(input_tokens)) is not None:
@@ -263,15 +367,17 @@ class Interpreter:
     def recognise(self, name: str) -> Callable[[Any], None]:
         """Switch to the format ``name``; returns its decoded-event method."""
         self.format = name
-        self.chat_after_token = name == OPENAI_CHAT and self.first_token_at is not None
-        handle, apply = {
-            OPENAI_CHAT: (self.chat, self.chat_object),
-            OPENAI_RESPONSES: (self.responses, self.responses_object),
-            ANTHROPIC: (self.anthropic, self.anthropic_object),
-            OLLAMA: (self.ollama, self.ollama_object),
-        }[name]
-        self.handle = handle
-        return apply
+        if name == OPENAI_CHAT:
+            self.handle = self.chat
+            return self.chat_object
+        if name == OPENAI_RESPONSES:
+            self.handle = self.responses
+            return self.responses_object
+        if name == ANTHROPIC:
+            self.handle = self.anthropic
+            return self.anthropic_object
+        self.handle = self.ollama
+        return self.ollama_object
 
     # Before a format is known ----------------------------------------------------------
 
@@ -281,7 +387,7 @@ class Interpreter:
             self.recognise(OPENAI_CHAT)
             self.ended = True
             return
-        if b'"choices"' in data or b'"type"' in data or b'"done"' in data:
+        if data.rfind(_CHOICES) >= 0 or data.rfind(_TYPE) >= 0 or data.rfind(_DONE_KEY) >= 0:
             obj = _loads(data)
             name = format_of(obj)
             if name is not None:
@@ -306,8 +412,10 @@ class Interpreter:
                 self.unrecognised += 1
                 return
             self.recognise(name)
+        if self.model is None:
+            self.name_model(_first(_MODEL_VALUE, head))
         if name == OPENAI_CHAT:
-            if b'"delta"' in head or b'"text"' in head:
+            if head.find(b'"delta"') >= 0 or head.find(b'"text"') >= 0:
                 self.token()
             finish_reason = _first(_FINISH_REASON_VALUE, tail)
             if finish_reason is not None:
@@ -338,30 +446,29 @@ class Interpreter:
                 if done_reason is not None:
                     self.reason(0, done_reason)
                 self.usage(_last_int(_PROMPT_EVAL_COUNT, tail), _last_int(_EVAL_COUNT, tail))
-            elif b'"content"' in head or b'"response"' in head:
+            elif head.find(b'"content"') >= 0 or head.find(b'"response"') >= 0:
                 self.token()
 
     # OpenAI chat completions (and legacy completions) ----------------------------------
 
     def chat(self, data: bytes) -> None:
         self.events += 1
-        if self.first_token_at is not None and is_plain_chat_delta(data):
-            return
         if data.startswith(_DONE):
             self.ended = True
-        elif (
-            self.first_token_at is None
-            or _has_value(data, _FINISH_REASON, _FINISH_REASON_NULL, _FINISH_REASON_SET)
-            or _has_value(data, _USAGE, _USAGE_NULL, _USAGE_SET)
-            or _ERROR in data
-        ):
+        elif self.first_token_at is None or chat_may_matter(data):
             self.chat_object(_loads(data))
+        elif data.startswith(_OBJECT_START):
+            self.plain = True
 
     def chat_object(self, obj: Any) -> None:
         if not isinstance(obj, dict):
             return
+        if self.model is None:
+            self.name_model(obj.get("model"))
         choices = obj.get("choices")
         if isinstance(choices, list):
+            if self.operation is None:
+                self.operation = _chat_operation(obj, choices)
             for choice in choices:
                 if not isinstance(choice, dict):
                     continue
@@ -382,9 +489,12 @@ class Interpreter:
     def responses(self, data: bytes) -> None:
         self.events += 1
         if self.first_token_at is None:
-            if b'.delta"' not in data and not _responses_may_end(data):
+            if data.rfind(_DELTA_TYPE_END) < 0 and not _responses_may_end(data):
                 return
-        elif data.startswith(_RESPONSES_TEXT_DELTA) or not _responses_may_end(data):
+        elif data.startswith(_RESPONSES_TEXT_DELTA):
+            self.plain = True
+            return
+        elif not _responses_may_end(data):
             return
         self.responses_object(_loads(data))
 
@@ -394,15 +504,21 @@ class Interpreter:
         kind = obj.get("type")
         if not isinstance(kind, str):
             return
+        if self.operation is None:
+            self.operation = CHAT
         if kind.endswith(".delta"):
             if _text(obj.get("delta")):
                 self.token()
-        elif kind == "error":
+            return
+        if kind == "error":
             self.error = True
-        elif kind in _RESPONSES_TERMINAL:
-            response = obj.get("response")
-            if not isinstance(response, dict):
-                response = {}
+            return
+        response = obj.get("response")
+        if not isinstance(response, dict):
+            response = {}
+        if self.model is None:
+            self.name_model(response.get("model"))
+        if kind in _RESPONSES_TERMINAL:
             usage = response.get("usage")
             if isinstance(usage, dict):
                 self.usage(usage.get("input_tokens"), usage.get("output_tokens"))
@@ -421,14 +537,17 @@ class Interpreter:
         self.events += 1
         if data.startswith(_ANTHROPIC_TEXT_DELTA):
             if self.first_token_at is not None:
+                self.plain = True
                 return
-        elif b'"message_' not in data and _ERROR not in data:
+        elif data.rfind(_MESSAGE_TYPE) < 0 and data.rfind(_ERROR) < 0:
             return
         self.anthropic_object(_loads(data))
 
     def anthropic_object(self, obj: Any) -> None:
         if not isinstance(obj, dict):
             return
+        if self.operation is None:
+            self.operation = CHAT
         kind = obj.get("type")
         if kind == "content_block_delta":
             delta = obj.get("delta")
@@ -441,6 +560,8 @@ class Interpreter:
         elif kind == "message_start":
             message = obj.get("message")
             if isinstance(message, dict):
+                if self.model is None:
+                    self.name_model(message.get("model"))
                 self.anthropic_usage(message.get("usage"), with_output=False)
         elif kind == "message_delta":
             delta = obj.get("delta")
@@ -468,7 +589,7 @@ class Interpreter:
         self.events += 1
         if self.first_token_at is not None and (
             data.endswith(_OLLAMA_NOT_DONE)
-            or (_OLLAMA_DONE_SET.search(data) is None and _ERROR not in data)
+            or (_OLLAMA_DONE_SET.search(data) is None and data.rfind(_ERROR) < 0)
         ):
             return
         self.ollama_object(_loads(data))
@@ -476,8 +597,15 @@ class Interpreter:
     def ollama_object(self, obj: Any) -> None:
         if not isinstance(obj, dict):
             return
+        if self.model is None:
+            self.name_model(obj.get("model"))
+        message = obj.get("message")
+        if self.operation is None:
+            if isinstance(message, dict):
+                self.operation = CHAT
+            elif "response" in obj:
+                self.operation = TEXT_COMPLETION
         if self.first_token_at is None:
-            message = obj.get("message")
             if isinstance(message, dict):
                 if (
                     _text(message.get("content"))
@@ -496,27 +624,9 @@ class Interpreter:
             self.error = True
 
 
-def is_plain_chat_delta(data: bytes) -> bool:
-    """A chat chunk that cannot change the summary once the first token is known.
-
-    Its last finish reason is null, and the only object value in it is that choice's
-    delta, so there is no other choice, no usage and no error object. ``data`` may also be
-    a whole one-line SSE event (``data: {...}\n\n``): the framing holds neither pattern.
-    rfind: the finish reason is near the end.
-    """
-    at = data.rfind(_FINISH_REASON_KEY)
-    if at < 0:
-        return False
-    if data.startswith(b"null", at + 16):
-        return data.count(b'":{') == 1
-    return data.startswith(b" null", at + 16) and data.count(b'": {') == 1  # json.dumps
-
-
 def _responses_may_end(data: bytes) -> bool:
     """Whether a Responses event can be terminal or an error."""
-    return (
-        b'"response.completed"' in data
-        or b'"response.incomplete"' in data
-        or b'"response.failed"' in data
-        or (_ERROR in data and _TYPE_ERROR.search(data) is not None)
-    )
+    for marker in _RESPONSES_ENDS:
+        if data.rfind(marker) >= 0:
+            return True
+    return data.rfind(_ERROR) >= 0 and _TYPE_ERROR.search(data) is not None

@@ -24,3 +24,11 @@ class PayloadSummary:
     #: The recognised wire format (``openai.chat_completions``, ``openai.responses``,
     #: ``anthropic.messages``, ``ollama``), or None.
     format: str | None = None
+    #: The model the payload says answered (its first mention), for
+    #: ``gen_ai.response.model``. Values outside ``[A-Za-z0-9_.:/@+-]{1,128}`` read
+    #: ``_OTHER``; None when no event named one.
+    model: str | None = None
+    #: ``gen_ai.operation.name`` for the recognised format: ``chat`` (chat completions,
+    #: Responses, Anthropic messages, Ollama ``/api/chat``) or ``text_completion``
+    #: (legacy completions, Ollama ``/api/generate``); None when no format was recognised.
+    operation: str | None = None
