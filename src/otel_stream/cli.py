@@ -71,6 +71,8 @@ def build_parser() -> _Parser:
         "StreamingMiddleware, drive a mixed load with real HTTP clients, and compare the "
         "exported metrics with what the clients measured: each quantile's error against "
         "the clients' exact value, held to the tolerance its bucket and the clocks allow. "
+        "With --relay the clients call an instrumented relay (an LLM gateway) in front of "
+        "the model, and the report tells the model's time to first byte from the hop's. "
         "Standard OTEL_* exporter variables send the same data to a real backend; "
         "OTEL_STREAM_TTFB_BUCKETS and OTEL_STREAM_DURATION_BUCKETS change the buckets. "
         "Exit status: 0 every mark is ✓, 2 a mark is ✗ (the report lists which), 1 an "
@@ -104,6 +106,24 @@ def build_parser() -> _Parser:
         "--long-stream",
         type=_non_negative_float,
         help="seconds of the one long stream (default: half the run, at most 10; 0: none)",
+    )
+    demo.add_argument(
+        "--relay",
+        action="store_true",
+        help="put a relay between the clients and the model, as an LLM gateway: a Starlette "
+        "app under StreamingMiddleware that streams each answer on from the model with "
+        "httpx.AsyncClient, its calls recorded by StreamingClientInstrumentor; the report "
+        "adds the model's time to first byte as the relay's client read it, the hop the "
+        "relay added (http.server.stream.hop.time_to_first_byte), each held to the model's "
+        "and the clients' stopwatches, and how the requests ended behind the relay",
+    )
+    demo.add_argument(
+        "--relay-hold",
+        type=_non_negative_float,
+        default=0.1,
+        help="with --relay: median seconds the relay holds an answer's first chunk before "
+        "passing it on, like a guardrail reading the start of the answer (default 0.1; "
+        "0: it passes every chunk on at once, and the hop is a millisecond)",
     )
     demo.add_argument("--seed", type=int, help="seed of the load's random choices")
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -195,6 +215,12 @@ def _demo(args: argparse.Namespace) -> int:
     except ImportError as error:
         return _missing("demo", error)
     pace = load.Pace(ttft=args.ttft, token_interval=args.token_interval, tokens=args.tokens)
+    if args.serve and args.relay:
+        print(
+            "otel-stream demo: --relay drives the load; it does not go with --serve",
+            file=sys.stderr,
+        )
+        return 1
     try:
         if args.serve:
             behaviour = Behaviour(
@@ -214,6 +240,8 @@ def _demo(args: argparse.Namespace) -> int:
             long_stream_seconds=long_stream,
             seed=args.seed,
             pace=pace,
+            relay=args.relay,
+            relay_hold=args.relay_hold,
         )
         return run.run_demo(plan, prometheus_port=args.prometheus_port, as_json=args.json)
     except ExporterError as error:

@@ -19,7 +19,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 from opentelemetry import propagate, trace
@@ -50,6 +50,30 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "truncated": (termination.INCOMPLETE, termination.PHASE_STREAMING),
     "deadline": (termination.CANCELLED, termination.PHASE_STREAMING),
     "long_stream": (termination.COMPLETED, termination.PHASE_STREAMING),
+}
+
+#: Behind the relay: the relay's own server cannot tell a model error from an upstream
+#: that went away (both cut its upstream read, and its stream raises), so a cut answer is
+#: the relay's ``app_error``; its deadline is the relay's (a gateway timeout).
+EXPECTED_RELAY: dict[str, tuple[str, str]] = {
+    **EXPECTED,
+    "truncated": (termination.APP_ERROR, termination.PHASE_STREAMING),
+}
+
+#: Behind the relay, how each kind ends at the relay's upstream call (its HTTP client) and
+#: at the model's server: the relay closes its upstream response when its client leaves
+#: or its deadline cancels it (``consumer_closed``), the model then sees its client leave;
+#: a model error or a cut answer ends the upstream read with ``server_disconnect``.
+THROUGH_RELAY: dict[str, tuple[str, str]] = {
+    "completed": (termination.COMPLETED, termination.COMPLETED),
+    "non_stream": (termination.COMPLETED, termination.COMPLETED),
+    "give_up_waiting": (termination.CONSUMER_CLOSED, termination.CLIENT_DISCONNECT),
+    "leave_mid_answer": (termination.CONSUMER_CLOSED, termination.CLIENT_DISCONNECT),
+    "slow_reader": (termination.COMPLETED, termination.COMPLETED),
+    "model_error": (termination.SERVER_DISCONNECT, termination.APP_ERROR),
+    "truncated": (termination.SERVER_DISCONNECT, termination.INCOMPLETE),
+    "deadline": (termination.CONSUMER_CLOSED, termination.CLIENT_DISCONNECT),
+    "long_stream": (termination.COMPLETED, termination.COMPLETED),
 }
 
 UNEXPECTED = "unexpected"
@@ -86,7 +110,10 @@ class Scenario:
 
 @dataclass
 class ClientResult:
-    """What one client saw, timed from just before it sent its request (seconds)."""
+    """What one client saw, timed from just before it sent its request (seconds).
+
+    ``sent_at`` is that moment on the ``perf_counter`` clock, which the fake model's
+    stopwatch reads too (same process): the relay's rows compare the two."""
 
     kind: str
     observation: str = ""  # done, left, cut, broken, http_error, failed
@@ -96,10 +123,13 @@ class ClientResult:
     first_token: float | None = None
     end: float | None = None
     error: str | None = None
+    request_id: int | None = None
+    sent_at: float = 0.0
+    relayed: bool = False  # sent through the demo's relay
 
     @property
     def reason(self) -> str:
-        expected = EXPECTED[self.kind][0]
+        expected = (EXPECTED_RELAY if self.relayed else EXPECTED)[self.kind][0]
         fits = {
             "done": termination.COMPLETED,
             "left": termination.CLIENT_DISCONNECT,
@@ -128,19 +158,20 @@ def _lognormal(rng: random.Random, median: float, sigma: float) -> float:
     return median * math.exp(rng.gauss(0.0, sigma))
 
 
-def scenarios(rng: random.Random, pace: Pace) -> Iterator[Scenario]:
+def scenarios(rng: random.Random, pace: Pace, relay_hold: float = 0.0) -> Iterator[Scenario]:
     """An endless, shuffled mix: first one of each kind, then decks of :data:`MIX`."""
     kinds = list(MIX)
     rng.shuffle(kinds)
-    yield from (make_scenario(kind, rng, pace) for kind in kinds)
+    yield from (make_scenario(kind, rng, pace, relay_hold) for kind in kinds)
     while True:
         deck = [kind for kind, count in MIX.items() for _ in range(count)]
         rng.shuffle(deck)
-        yield from (make_scenario(kind, rng, pace) for kind in deck)
+        yield from (make_scenario(kind, rng, pace, relay_hold) for kind in deck)
 
 
-def make_scenario(kind: str, rng: random.Random, pace: Pace) -> Scenario:
-    """A request of ``kind`` with timing drawn around ``pace``."""
+def make_scenario(kind: str, rng: random.Random, pace: Pace, relay_hold: float = 0.0) -> Scenario:
+    """A request of ``kind`` with timing drawn around ``pace``; with ``relay_hold``, the
+    relay holds its first chunk for a time drawn around that median."""
     interval = pace.token_interval
     ttft = min(_lognormal(rng, pace.ttft, 0.5), pace.ttft * 6)
     tokens = max(8, round(_lognormal(rng, pace.tokens, 0.5)))
@@ -149,6 +180,10 @@ def make_scenario(kind: str, rng: random.Random, pace: Pace) -> Scenario:
         "x-demo-tokens": str(tokens),
         "x-demo-token-interval": f"{interval:.4f}",
     }
+    hold = 0.0
+    if relay_hold > 0:
+        hold = min(_lognormal(rng, relay_hold, 0.5), relay_hold * 4)
+        headers["x-demo-relay-hold"] = f"{hold:.4f}"
     if kind == "non_stream":
         return Scenario(kind, headers, stream=False)
     if kind == "give_up_waiting":
@@ -177,7 +212,7 @@ def make_scenario(kind: str, rng: random.Random, pace: Pace) -> Scenario:
         # Well after the first token, well before the last.
         tokens = max(tokens, 40)
         headers["x-demo-tokens"] = str(tokens)
-        deadline = ttft + interval * tokens * rng.uniform(0.3, 0.6)
+        deadline = ttft + hold + interval * tokens * rng.uniform(0.3, 0.6)
         headers["x-demo-deadline"] = f"{deadline:.4f}"
         return Scenario(kind, headers)
     return Scenario(kind, headers)
@@ -251,11 +286,23 @@ class _Events:
 
 
 async def run_one(
-    client: httpx.AsyncClient, base_url: str, scenario: Scenario, timeout: float
+    client: httpx.AsyncClient,
+    base_url: str,
+    scenario: Scenario,
+    timeout: float,
+    *,
+    request_id: int | None = None,
+    relayed: bool = False,
 ) -> ClientResult:
-    """Send one request, behave as ``scenario`` says, and time what arrives."""
-    result = ClientResult(scenario.kind, streamed=scenario.stream)
-    started = time.perf_counter()
+    """Send one request, behave as ``scenario`` says, and time what arrives. With
+    ``request_id`` the request names itself to the model's stopwatch."""
+    result = ClientResult(
+        scenario.kind, streamed=scenario.stream, request_id=request_id, relayed=relayed
+    )
+    if request_id is not None:
+        headers = {**scenario.headers, "x-demo-request-id": str(request_id)}
+        scenario = replace(scenario, headers=headers)
+    started = result.sent_at = time.perf_counter()
 
     def now() -> float:
         return time.perf_counter() - started
@@ -367,3 +414,7 @@ class LoadPlan:
     long_stream_seconds: float = 10.0
     seed: int | None = None
     pace: Pace = field(default_factory=Pace)
+    #: Drive the load through the demo's relay.
+    relay: bool = False
+    #: Median time the relay holds each answer's first chunk (s); 0: it does not.
+    relay_hold: float = 0.1

@@ -14,7 +14,13 @@ recorded unless allowlisted, and the path carries no query):
 ``x-demo-truncate-after``  stop after this many tokens without ``[DONE]`` and without
                            finishing the HTTP response: an upstream that went away
 ``x-demo-deadline``        seconds; :class:`RequestDeadline` cancels the request then
+``x-demo-request-id``      an integer naming the request in the model's stopwatch
 =========================  ===============================================================
+
+The model keeps its own stopwatch (:class:`ModelStopwatch`), apart from any telemetry:
+for each request that names itself with ``x-demo-request-id``, when the endpoint was
+called and when it handed its first body byte to the server. A demo behind a relay holds
+the relay's upstream timings to it.
 
 A standard ``max_tokens`` in the body caps the answer (finish reason ``length``), and
 ``stream_options.include_usage`` adds the usage chunk before ``data: [DONE]``.
@@ -109,18 +115,58 @@ def token_text(index: int, size: int) -> str:
     return word
 
 
+@dataclass
+class Timing:
+    """One request as the model's own stopwatch saw it (``perf_counter`` values)."""
+
+    received_at: float
+    first_byte_at: float | None = None
+
+
+class ModelStopwatch:
+    """When each named request reached the endpoint and when its first body byte left.
+
+    Written from the server's thread, read after the run: one dict insertion and one
+    attribute store per request, atomic under the GIL.
+    """
+
+    def __init__(self) -> None:
+        self.timings: dict[int, Timing] = {}
+
+    def received(self, scope: Scope) -> Timing | None:
+        """Start timing the request of ``scope`` if it names itself; its timing."""
+        at = time.perf_counter()
+        for name, value in scope.get("headers") or ():
+            if name.lower() == b"x-demo-request-id":
+                try:
+                    request_id = int(value)
+                except ValueError:
+                    return None
+                timing = self.timings[request_id] = Timing(at)
+                return timing
+        return None
+
+
+def _first_byte(timing: Timing | None) -> None:
+    if timing is not None and timing.first_byte_at is None:
+        timing.first_byte_at = time.perf_counter()
+
+
 class ChatCompletions:
     """The ASGI endpoint of ``POST /v1/chat/completions``.
 
     Args:
         behaviour: The default behaviour; ``x-demo-*`` headers override it per request.
+        stopwatch: Where to note when each named request arrived and sent its first byte.
     """
 
-    def __init__(self, behaviour: Behaviour) -> None:
+    def __init__(self, behaviour: Behaviour, stopwatch: ModelStopwatch | None = None) -> None:
         self.behaviour = behaviour
+        self.stopwatch = stopwatch
         self.counter = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        timing = self.stopwatch.received(scope) if self.stopwatch is not None else None
         body = bytearray()
         while True:
             message = await receive()
@@ -138,7 +184,7 @@ class ChatCompletions:
             if max_tokens is not None and not isinstance(max_tokens, int):
                 raise ValueError("max_tokens must be an integer")
         except ValueError as error:
-            await _send_json(send, 400, _error_body(str(error)))
+            await _send_json(send, 400, _error_body(str(error)), timing=timing)
             return
         self.counter += 1
         answer = _Answer(
@@ -151,9 +197,9 @@ class ChatCompletions:
         options = request.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         if request.get("stream"):
-            await answer.stream(receive, send, include_usage=include_usage)
+            await answer.stream(receive, send, include_usage=include_usage, timing=timing)
         else:
-            await answer.complete(send)
+            await answer.complete(send, timing)
 
 
 @dataclass
@@ -179,7 +225,7 @@ class _Answer:
             "total_tokens": self.prompt_tokens + self.tokens,
         }
 
-    async def complete(self, send: Send) -> None:
+    async def complete(self, send: Send, timing: Timing | None = None) -> None:
         behaviour = self.behaviour
         await asyncio.sleep(behaviour.ttft + self.tokens * behaviour.token_interval)
         if behaviour.fail_after is not None:
@@ -202,6 +248,7 @@ class _Answer:
                 ],
                 "usage": self.usage(),
             },
+            timing=timing,
         )
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
@@ -214,7 +261,9 @@ class _Answer:
         }
         return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
-    async def stream(self, receive: Receive, send: Send, *, include_usage: bool) -> None:
+    async def stream(
+        self, receive: Receive, send: Send, *, include_usage: bool, timing: Timing | None = None
+    ) -> None:
         behaviour = self.behaviour
         await send(
             {
@@ -231,6 +280,7 @@ class _Answer:
         try:
             if await _wait(disconnected, behaviour.ttft):
                 return
+            _first_byte(timing)
             await _send_body(send, self.chunk({"role": "assistant", "content": ""}))
             first_token_at = time.monotonic()
             for index in range(self.tokens):
@@ -288,7 +338,9 @@ async def _send_body(send: Send, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
-async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def _send_json(
+    send: Send, status: int, payload: dict[str, Any], *, timing: Timing | None = None
+) -> None:
     body = json.dumps(payload).encode()
     await send(
         {
@@ -300,6 +352,7 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
             ],
         }
     )
+    _first_byte(timing)
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -370,11 +423,15 @@ async def _list_models(request: Request) -> JSONResponse:
     )
 
 
-def create_app(behaviour: Behaviour | None = None) -> Starlette:
+def create_app(
+    behaviour: Behaviour | None = None, stopwatch: ModelStopwatch | None = None
+) -> Starlette:
     """The fake model's Starlette app (not instrumented)."""
     return Starlette(
         routes=[
-            Route(CHAT_PATH, ChatCompletions(behaviour or Behaviour()), methods=["POST"]),
+            Route(
+                CHAT_PATH, ChatCompletions(behaviour or Behaviour(), stopwatch), methods=["POST"]
+            ),
             Route("/v1/models", _list_models, methods=["GET"]),
         ]
     )

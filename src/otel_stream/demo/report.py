@@ -65,6 +65,43 @@ it fell in, and is ✗ if that is the overflow bucket (a dashboard could not sho
 Counts are exact: the telemetry must count every request the clients made, by
 termination reason and phase.
 
+**Behind the relay** (``otel-stream demo --relay``). The clients call the relay, so the
+rows above are the relay's server, held to its clients. Three more time to first byte
+rows tell the model from the hop, and none has a client stopwatch of its own; the demo
+has two other truths, read on one clock (``perf_counter``: the clients, the relay and
+the model run in one process). The fake model's stopwatch notes when each request
+reached its endpoint (m0) and when it handed its first body byte to its server (m1);
+each request names itself to it with ``x-demo-request-id``. A client notes when it got
+its first byte (c1).
+
+* *Upstream, at the relay's client* (``http.client.stream.time_to_first_byte``)
+  is held to the model's m1 - m0. The relay's client sends before the model's endpoint
+  is called, and reads the first byte after the model sent it: its reading is at least
+  m1 - m0, and at most two loopback transits more. Each transit is a hand-over between
+  two event loops, bounded by ``epsilon`` as above, so the reading lies in
+  [m1 - m0, m1 - m0 + 2 epsilon].
+* *The model, at its own server* (the model's ``http.server.stream.time_to_first_byte``)
+  is held to the same m1 - m0: its middleware starts before the endpoint and reads its
+  clock after the endpoint's; in [m1 - m0, m1 - m0 + epsilon].
+* *The hop* (``http.server.stream.hop.time_to_first_byte``: the relay's first byte minus
+  its upstream's) is held to c1 - m1, the time from the model's first byte to the
+  client's. That time is the hop plus the transit from the model to the relay and the
+  one from the relay to its client, so the hop lies in [c1 - m1 - 2 epsilon, c1 - m1]:
+  it can fall short of the truth, never exceed it.
+
+The same order-statistic argument then bounds each quantile, with the slack one-sided:
+a reading that can only lie above its truth by up to a (and below by up to b) gives the
+bucket bound (T - L + a) / x when the estimate is high and (U - T + b) / x when it is
+low. ``epsilon`` in the functions below is a number (a = b) or the pair (a, b).
+
+The terminations behind the relay are counted exactly too: every client request is one
+upstream call and one model exchange, and each client kind ends them in a known way
+(``load.THROUGH_RELAY``): a client that leaves is ``consumer_closed`` on the relay's
+call and ``client_disconnect`` at the model, a model error or a cut answer is
+``server_disconnect`` on the call (and ``app_error`` or ``incomplete`` at the model),
+the relay's deadline closes the call (``consumer_closed``), each in the phase the client
+ended in.
+
 Choices made on purpose:
 
 * The tolerance is a worst-case bound, not a confidence interval: a demo run has tens
@@ -77,6 +114,9 @@ Choices made on purpose:
 * The long stream is judged by its span, not the histogram: it shares the
   ``completed`` buckets with every other answer, and a span is the telemetry a user
   opens to look at one request.
+* Behind the relay, the truths are the demo's own stopwatches (the clients' and the
+  fake model's), never another telemetry number: holding the client side's time to
+  first byte to the model server's would only show that two instruments agree.
 """
 
 from __future__ import annotations
@@ -94,19 +134,29 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from otel_stream import buckets, termination
-from otel_stream.demo.load import UNEXPECTED, ClientResult
+from otel_stream.demo.load import THROUGH_RELAY, UNEXPECTED, ClientResult
+from otel_stream.demo.model import Timing
 
 TTFB = "http.server.stream.time_to_first_byte"
 TTFT = "http.server.stream.time_to_first_token"
 DURATION = "http.server.stream.duration"
 TERMINATIONS = "http.server.stream.terminations"
 SEND_WAIT = "http.server.stream.send_wait"
+HOP = "http.server.stream.hop.time_to_first_byte"
+CLIENT_TTFB = "http.client.stream.time_to_first_byte"
+CLIENT_TERMINATIONS = "http.client.stream.terminations"
+
+#: A bound on how far one telemetry reading may be from its truth: seconds above it
+#: and seconds below it, or one number for both.
+Epsilon = float | tuple[float, float]
 
 #: The default buckets of each timing: the resolution a row is held to (module docstring).
 DEFAULT_BOUNDS: dict[str, tuple[float, ...]] = {
     TTFB: buckets.TTFB_BUCKETS,
     TTFT: buckets.TTFB_BUCKETS,
     DURATION: buckets.DURATION_BUCKETS,
+    HOP: buckets.TTFB_BUCKETS,
+    CLIENT_TTFB: buckets.TTFB_BUCKETS,
 }
 QUANTILES = (0.5, 0.9, 0.99)
 #: Largest difference between one request's server-side and client-side timing (s).
@@ -174,31 +224,39 @@ def exact_quantile(q: float, values: Sequence[float]) -> float | None:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def bucket_bound(estimate: Estimate, exact: float, epsilon: float = EPSILON) -> float | None:
+def slack(epsilon: Epsilon) -> tuple[float, float]:
+    """``epsilon`` as (how far a reading may lie above its truth, how far below)."""
+    return (epsilon, epsilon) if isinstance(epsilon, (int, float)) else epsilon
+
+
+def bucket_bound(estimate: Estimate, exact: float, epsilon: Epsilon = EPSILON) -> float | None:
     """The largest relative error an estimate in its bucket can have when every
     measurement is within ``epsilon`` of the truth (module docstring); None when the
-    estimate came from the overflow bucket and nothing bounds it."""
+    estimate came from the overflow bucket and nothing bounds it. With ``epsilon`` =
+    (above, below), a reading lies at most ``above`` over its truth and ``below`` under."""
     if estimate.in_overflow:
         return None
+    above, below = slack(epsilon)
     if estimate.value >= exact:
-        allowed = estimate.value - estimate.lower + epsilon
+        allowed = estimate.value - estimate.lower + above
     else:
-        allowed = estimate.upper - estimate.value + epsilon
+        allowed = estimate.upper - estimate.value + below
     return allowed / exact if exact > 0 else math.inf
 
 
 def default_bound(
-    high: bool, exact: float, bounds: Sequence[float], epsilon: float = EPSILON
+    high: bool, exact: float, bounds: Sequence[float], epsilon: Epsilon = EPSILON
 ) -> float:
     """The largest relative error, on the high or the low side, of an estimate computed
     from the buckets ``bounds`` when every measurement is within ``epsilon`` of the
     truth and the exact quantile is ``exact``."""
     if exact <= 0:
         return math.inf
+    above, below = slack(epsilon)
     if high:
-        index = bisect.bisect_left(bounds, exact + epsilon)
+        index = bisect.bisect_left(bounds, exact + above)
         return (bounds[index] - exact) / exact if index < len(bounds) else math.inf
-    index = bisect.bisect_left(bounds, exact - epsilon)
+    index = bisect.bisect_left(bounds, exact - below)
     return (exact - (bounds[index - 1] if index else 0.0)) / exact
 
 
@@ -206,7 +264,7 @@ def tolerance(
     estimate: Estimate,
     exact: float,
     default_bounds: Sequence[float] | None = None,
-    epsilon: float = EPSILON,
+    epsilon: Epsilon = EPSILON,
 ) -> tuple[float | None, str]:
     """The tolerance of one quantile, and which bound set it: ``bucket`` or ``default``
     (the smaller of the two, module docstring); None in the overflow bucket."""
@@ -282,6 +340,8 @@ class Metrics:
     terminations: dict[tuple[str, str], int] = field(default_factory=dict)
     durations: dict[str, Histogram] = field(default_factory=dict)
     histograms: dict[str, Histogram] = field(default_factory=dict)
+    #: The HTTP client side (a relay's upstream calls), by reason and phase.
+    client_terminations: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def total_terminations(self) -> int:
@@ -292,8 +352,9 @@ class Metrics:
         return next((h.bounds for h in self.durations.values()), None)
 
 
-def read_metrics(reader: InMemoryMetricReader) -> Metrics:
-    """Collect the in-memory reader once and sum each metric over its attribute sets."""
+def read_metrics(reader: InMemoryMetricReader, *, upstream_port: int | None = None) -> Metrics:
+    """Collect the in-memory reader once and sum each metric over its attribute sets.
+    With ``upstream_port``, the HTTP client metrics count only calls to that port."""
     metrics = Metrics()
     data = reader.get_metrics_data()
     if data is None:
@@ -302,18 +363,25 @@ def read_metrics(reader: InMemoryMetricReader) -> Metrics:
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 for point in metric.data.data_points:
+                    if (
+                        metric.name.startswith("http.client.")
+                        and upstream_port is not None
+                        and (point.attributes or {}).get("server.port") != upstream_port
+                    ):
+                        continue
                     _read_point(metrics, metric.name, point)
     return metrics
 
 
 def _read_point(metrics: Metrics, name: str, point: Any) -> None:
     attributes = point.attributes or {}
-    if name == TERMINATIONS and isinstance(point, NumberDataPoint):
+    if name in (TERMINATIONS, CLIENT_TERMINATIONS) and isinstance(point, NumberDataPoint):
         key = (
             str(attributes.get("http.stream.termination_reason")),
             str(attributes.get("http.stream.phase")),
         )
-        metrics.terminations[key] = metrics.terminations.get(key, 0) + int(point.value)
+        counts = metrics.terminations if name == TERMINATIONS else metrics.client_terminations
+        counts[key] = counts.get(key, 0) + int(point.value)
         return
     if not isinstance(point, HistogramDataPoint):
         return
@@ -322,7 +390,7 @@ def _read_point(metrics: Metrics, name: str, point: Any) -> None:
         target = metrics.durations.setdefault(
             reason, Histogram(tuple(point.explicit_bounds), [0] * len(point.bucket_counts))
         )
-    elif name in (TTFB, TTFT, SEND_WAIT):
+    elif name in (TTFB, TTFT, SEND_WAIT, HOP, CLIENT_TTFB):
         target = metrics.histograms.setdefault(
             name, Histogram(tuple(point.explicit_bounds), [0] * len(point.bucket_counts))
         )
@@ -342,7 +410,7 @@ def quantile_row(
     *,
     counts_agree: bool,
     default_bounds: Sequence[float] | None = None,
-    epsilon: float = EPSILON,
+    epsilon: Epsilon = EPSILON,
 ) -> dict[str, Any]:
     """One quantile: the telemetry's estimate, the exact value, the error, its tolerance
     (``held_to`` says which bound set it: ``bucket``, ``default`` or ``overflow``)."""
@@ -372,7 +440,7 @@ def timing_row(
     histogram: Histogram | None,
     values: list[float],
     *,
-    epsilon: float = EPSILON,
+    epsilon: Epsilon = EPSILON,
 ) -> dict[str, Any]:
     """A timing's count and quantiles, telemetry beside the clients."""
     telemetry_count = histogram.count if histogram is not None else 0
@@ -466,9 +534,12 @@ def build_report(
     first_token_supported: bool,
     long_stream_seconds: float | None = None,
     epsilon: float = EPSILON,
+    relay: RelayData | None = None,
 ) -> dict[str, Any]:
     """The report as plain data (what ``--json`` prints). ``long_stream_seconds`` is the
-    duration of the long stream's span, when the telemetry has one."""
+    duration of the long stream's span, when the telemetry has one. With ``relay`` the
+    clients talked to the relay (``metrics`` are the relay's), and the report gains the
+    rows that tell the model from the hop."""
     results = list(results)
     clients: dict[tuple[str, str], int] = {}
     for result in results:
@@ -552,10 +623,125 @@ def build_report(
             for r in results
             if r.reason == UNEXPECTED
         ],
+        "relay": relay_section(metrics, relay, results, epsilon=epsilon) if relay else None,
     }
     report["failed"] = failures(report)
     report["ok"] = not report["failed"]
     return report
+
+
+@dataclass
+class RelayData:
+    """What a run through the relay adds: the model's own server metrics, the model's
+    stopwatch (request id -> timing) and the URL the relay called."""
+
+    model_metrics: Metrics
+    stopwatch: dict[int, Timing]
+    upstream: str
+
+
+#: The layers behind the relay, in the report's order, and how the report names them.
+UPSTREAM_CALL = "upstream_call"
+MODEL_SERVER = "model_server"
+LAYER_LABELS = {UPSTREAM_CALL: "relay's upstream call", MODEL_SERVER: "model's server"}
+
+
+def hop_truths(results: Sequence[ClientResult], stopwatch: dict[int, Timing]) -> list[float]:
+    """For each streamed answer that reached its client: the client's first byte minus
+    the model's first byte, both on the process's ``perf_counter`` clock."""
+    values = []
+    for result in results:
+        if not result.streamed or result.first_byte is None or result.request_id is None:
+            continue
+        timing = stopwatch.get(result.request_id)
+        if timing is None or timing.first_byte_at is None:
+            continue
+        values.append(result.sent_at + result.first_byte - timing.first_byte_at)
+    return values
+
+
+def model_truths(stopwatch: dict[int, Timing]) -> list[float]:
+    """The model's own time to first byte of each request: arrived to first byte sent."""
+    return [
+        t.first_byte_at - t.received_at for t in stopwatch.values() if t.first_byte_at is not None
+    ]
+
+
+def relay_terminations(
+    metrics: Metrics, relay: RelayData, results: Sequence[ClientResult]
+) -> list[dict[str, Any]]:
+    """How the requests ended behind the relay, by layer, beside what the clients did:
+    each client whose request ended as its kind should (``load.THROUGH_RELAY``) expects
+    one upstream call and one model exchange to end that way, in the client's phase."""
+    expected: dict[str, dict[tuple[str, str], int]] = {UPSTREAM_CALL: {}, MODEL_SERVER: {}}
+    for result in results:
+        if result.reason == UNEXPECTED or result.kind not in THROUGH_RELAY:
+            continue
+        upstream_reason, model_reason = THROUGH_RELAY[result.kind]
+        for layer, reason in ((UPSTREAM_CALL, upstream_reason), (MODEL_SERVER, model_reason)):
+            key = (reason, result.phase)
+            expected[layer][key] = expected[layer].get(key, 0) + 1
+    rows = []
+    for layer, telemetry, metric in (
+        (UPSTREAM_CALL, metrics.client_terminations, CLIENT_TERMINATIONS),
+        (MODEL_SERVER, relay.model_metrics.terminations, TERMINATIONS),
+    ):
+        keys = sorted(
+            set(telemetry) | set(expected[layer]),
+            key=lambda key: (_reason_order(key[0]), key[1] != termination.PHASE_WAITING),
+        )
+        for reason, phase in keys:
+            row = {
+                "layer": layer,
+                "metric": metric,
+                "reason": reason,
+                "phase": phase,
+                "telemetry": telemetry.get((reason, phase), 0),
+                "clients": expected[layer].get((reason, phase), 0),
+            }
+            row["ok"] = row["telemetry"] == row["clients"]
+            rows.append(row)
+    return rows
+
+
+def relay_section(
+    metrics: Metrics,
+    relay: RelayData,
+    results: Sequence[ClientResult],
+    *,
+    epsilon: float = EPSILON,
+) -> dict[str, Any]:
+    """The rows that tell the model from the hop, each held to a truth the demo has
+    (module docstring, "Behind the relay")."""
+    model_values = model_truths(relay.stopwatch)
+    timings = [
+        timing_row(
+            CLIENT_TTFB,
+            "upstream, at the relay's client",
+            metrics.histograms.get(CLIENT_TTFB),
+            model_values,
+            epsilon=(2 * epsilon, 0.0),
+        ),
+        timing_row(
+            TTFB,
+            "model, at its own server",
+            relay.model_metrics.histograms.get(TTFB),
+            model_values,
+            epsilon=(epsilon, 0.0),
+        ),
+        timing_row(
+            HOP,
+            "hop: the relay's own part",
+            metrics.histograms.get(HOP),
+            hop_truths(results, relay.stopwatch),
+            epsilon=(0.0, 2 * epsilon),
+        ),
+    ]
+    return {
+        "upstream": relay.upstream,
+        "terminations": relay_terminations(metrics, relay, results),
+        "timings": timings,
+    }
 
 
 def failures(report: dict[str, Any]) -> list[str]:
@@ -566,7 +752,15 @@ def failures(report: dict[str, Any]) -> list[str]:
         for row in report["terminations"]
         if row["ok"] is False
     ]
-    for timing in report["timings"]:
+    relay = report.get("relay")
+    failed.extend(
+        f"terminations at the {LAYER_LABELS[row['layer']]} {row['reason']}/{row['phase']}: "
+        f"telemetry "
+        f"{row['telemetry']}, clients {row['clients']}"
+        for row in (relay["terminations"] if relay else ())
+        if row["ok"] is False
+    )
+    for timing in [*report["timings"], *(relay["timings"] if relay else ())]:
         count = timing["count"]
         if count["ok"] is False:
             failed.append(
@@ -658,20 +852,117 @@ def counts_line(counts: dict[str, Any]) -> str:
     return text
 
 
+def _timings_table(title: str, timing_rows: Sequence[dict[str, Any]]) -> Any:
+    """A table of timing sections: one line per quantile."""
+    from rich import box
+    from rich.table import Table
+
+    timings = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    timings.add_column("")
+    timings.add_column("")
+    timings.add_column("n", justify="right")
+    timings.add_column("telemetry", justify="right")
+    timings.add_column("exact", justify="right")
+    timings.add_column("error", justify="right")
+    timings.add_column("tolerance", justify="right")
+    timings.add_column("", justify="center")
+    for timing in timing_rows:
+        count = timing["count"]
+        n = (
+            str(count["clients"])
+            if count["ok"] is not False
+            else f"[red]{count['telemetry']}≠{count['clients']}[/]"
+        )
+        rows = timing["quantiles"]
+        for index, row in enumerate(rows):
+            timings.add_row(
+                timing["label"] if index == 0 else "",
+                row["quantile"],
+                n if index == 0 else "",
+                _seconds(row["telemetry"]),
+                _seconds(row["exact"]),
+                _percent(row["error"]),
+                _tolerance_cell(row),
+                _mark(row["ok"]),
+                end_section=index == len(rows) - 1,
+            )
+    return timings
+
+
+def _render_relay(report: dict[str, Any], relay: dict[str, Any], console: Any) -> None:
+    from rich import box
+    from rich.table import Table
+
+    console.print()
+    table = Table(
+        title="Behind the relay: how its upstream calls (http.client.stream.terminations) "
+        "and the model's exchanges (the model's http.server.stream.terminations) ended",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+    )
+    table.add_column("")
+    table.add_column("termination reason")
+    table.add_column("phase at the end")
+    table.add_column("telemetry", justify="right")
+    table.add_column("clients", justify="right")
+    table.add_column("", justify="center")
+    previous = None
+    for row in relay["terminations"]:
+        table.add_row(
+            LAYER_LABELS[row["layer"]] if row["layer"] != previous else "",
+            row["reason"],
+            row["phase"],
+            str(row["telemetry"]),
+            str(row["clients"]),
+            _mark(row["ok"]),
+        )
+        previous = row["layer"]
+    console.print(table)
+    first_byte = [t for t in report["timings"] if t["metric"] == TTFB][:1]
+    relay_row = [{**row, "label": "relay, as its clients waited"} for row in first_byte]
+    console.print(
+        _timings_table(
+            "Is it the model or the hop? Time to first byte in seconds",
+            [*relay_row, *relay["timings"]],
+        )
+    )
+    console.print("[dim]" + RELAY_LEGEND + "[/]")
+
+
+RELAY_LEGEND = (
+    "Is it the model or the hop? The relay's time to first byte is held to its clients, "
+    "as above. upstream and model: exact is the model's own stopwatch (request arrived to "
+    "first byte sent); the relay's client sends before the model sees the request and "
+    "reads after the model sent, so its reading may exceed that by two loopback "
+    "transits (≤ 2ε), never fall below it; the model's server, by its own event loop's "
+    "delay (≤ ε). hop: exact is a client's first byte minus the model's first byte "
+    "(one clock: the same process); the relay's own part is that minus the two transits, "
+    "so it may fall below it by up to 2ε, never exceed it."
+)
+
+
 def render(report: dict[str, Any], console: Any) -> None:
     """Print ``report`` on a rich console."""
     from rich import box
     from rich.table import Table
 
+    relay = report.get("relay")
     console.print()
+    served = (
+        f"the relay at {report['url']} (uvicorn + StreamingMiddleware; its calls to the model "
+        f"at {relay['upstream']} recorded by StreamingClientInstrumentor)"
+        if relay
+        else f"{report['url']} (uvicorn + StreamingMiddleware)"
+    )
     console.print(
         f"[bold]otel-stream demo[/]: {report['requests']} requests in "
         f"{report['wall_seconds']:.1f} s, up to {report['concurrency']} at a time, "
-        f"against {report['url']} (uvicorn + StreamingMiddleware)."
+        f"against {served}."
     )
 
+    where = " at the relay" if relay else ""
     table = Table(
-        title="How the requests ended (http.server.stream.terminations)",
+        title=f"How the requests ended{where} (http.server.stream.terminations)",
         box=box.SIMPLE_HEAD,
         title_justify="left",
     )
@@ -692,39 +983,7 @@ def render(report: dict[str, Any], console: Any) -> None:
     console.print(counts_line(report["counts"]))
     console.print()
 
-    timings = Table(
-        title="Timings in seconds",
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
-    )
-    timings.add_column("")
-    timings.add_column("")
-    timings.add_column("n", justify="right")
-    timings.add_column("telemetry", justify="right")
-    timings.add_column("exact", justify="right")
-    timings.add_column("error", justify="right")
-    timings.add_column("tolerance", justify="right")
-    timings.add_column("", justify="center")
-    for timing in report["timings"]:
-        count = timing["count"]
-        n = (
-            str(count["clients"])
-            if count["ok"] is not False
-            else f"[red]{count['telemetry']}≠{count['clients']}[/]"
-        )
-        rows = timing["quantiles"]
-        for index, row in enumerate(rows):
-            timings.add_row(
-                timing["label"] if index == 0 else "",
-                row["quantile"],
-                n if index == 0 else "",
-                _seconds(row["telemetry"]),
-                _seconds(row["exact"]),
-                _percent(row["error"]),
-                _tolerance_cell(row),
-                _mark(row["ok"]),
-                end_section=index == len(rows) - 1,
-            )
+    timings = _timings_table("Timings in seconds", report["timings"])
     long_stream = report.get("long_stream")
     if long_stream is not None:
         timings.add_row(
@@ -739,6 +998,8 @@ def render(report: dict[str, Any], console: Any) -> None:
         )
     console.print(timings)
     console.print("[dim]" + LEGEND.format(epsilon=report["epsilon"]) + "[/]")
+    if relay:
+        _render_relay(report, relay, console)
 
     backpressure = report["backpressure"]
     console.print(

@@ -1,5 +1,20 @@
 """Run the demo: a uvicorn server in a thread, the load in this thread, then the report.
 
+With ``--relay`` a second uvicorn server, in a thread of its own, runs the relay in
+front of the model. Relay and model get SDK providers of their own (two services, as in
+a real deployment, so their server metrics do not mix), and ``StreamingClientInstrumentor``
+is instrumented for the run with the relay's providers. It patches the HTTP client
+libraries of the whole process, so the demo's own clients run under
+``suppress_http_instrumentation``: they are the truth, not the subject.
+
+Choices made on purpose:
+
+* **The relay is not the default.** ``otel-stream demo`` shows one instrumented server
+  against its clients, which every user has; a relay adds a second server, the client
+  instrumentation and a second table, and is what a gateway's owner asks for.
+* **One process.** Clients, relay and model share the ``perf_counter`` clock, so the
+  model's stopwatch and the clients' can be subtracted (the hop's truth).
+
 The demo's listening socket has a small send buffer (accepted connections inherit it),
 and slow readers a small receive buffer: on loopback the kernel would otherwise absorb
 megabytes before a stalled reader holds the server back, and the demo would have to send
@@ -14,6 +29,8 @@ line adds 1 for errors and 130 for Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 import math
@@ -24,14 +41,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
+import httpx
 import uvicorn
+from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
 from otel_stream import StreamingMiddleware
 from otel_stream.demo import load, report
-from otel_stream.demo.model import CHAT_PATH, Behaviour, DemoModelError, RequestDeadline, create_app
-from otel_stream.demo.telemetry import DemoTelemetry, setup
+from otel_stream.demo.model import (
+    CHAT_PATH,
+    Behaviour,
+    DemoModelError,
+    ModelStopwatch,
+    RequestDeadline,
+    create_app,
+)
+from otel_stream.demo.relay import create_relay_app
+from otel_stream.demo.telemetry import DemoTelemetry, service_name, setup
 
 #: Send buffer of the demo server's sockets (bytes).
 DEMO_SNDBUF = 8 * 1024
@@ -41,9 +68,24 @@ EXIT_OK = 0
 EXIT_MISMATCH = 2
 
 
-def build_app(telemetry: DemoTelemetry, behaviour: Behaviour) -> Any:
+def build_app(
+    telemetry: DemoTelemetry, behaviour: Behaviour, stopwatch: ModelStopwatch | None = None
+) -> Any:
     """The fake model wrapped by StreamingMiddleware, inside a request deadline."""
-    return RequestDeadline(StreamingMiddleware(create_app(behaviour), **telemetry.providers))
+    return RequestDeadline(
+        StreamingMiddleware(create_app(behaviour, stopwatch), **telemetry.providers)
+    )
+
+
+def build_relay_app(telemetry: DemoTelemetry, upstream: str, *, connections: int) -> Any:
+    """The relay wrapped by StreamingMiddleware, inside its deadline (a gateway timeout).
+    Its client calls are recorded by ``StreamingClientInstrumentor``, instrumented
+    separately (it patches the HTTP client libraries, not one app)."""
+    return RequestDeadline(
+        StreamingMiddleware(
+            create_relay_app(upstream, connections=connections), **telemetry.providers
+        )
+    )
 
 
 def listen(port: int, *, send_buffer: int | None = None) -> socket.socket:
@@ -66,7 +108,10 @@ class _ExpectedFailures(logging.Filter):
     """Drop uvicorn's logs of the failures the demo causes on purpose."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], DemoModelError):
+        # The model's own failure, and the relay's stream raising its upstream's cut.
+        if record.exc_info and isinstance(
+            record.exc_info[1], (DemoModelError, httpx.RemoteProtocolError, httpx.ReadError)
+        ):
             return False
         return "returned without completing response" not in record.getMessage()
 
@@ -74,15 +119,18 @@ class _ExpectedFailures(logging.Filter):
 class ServerThread:
     """uvicorn serving ``app`` on ``sock`` from a background thread."""
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    def __init__(
+        self, app: Any, sock: socket.socket, *, lifespan: Literal["on", "off"] = "off"
+    ) -> None:
         self.sock = sock
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}"
+        self.port = int(port)
         config = uvicorn.Config(
             app,
             log_level="warning",
             access_log=False,
-            lifespan="off",
+            lifespan=lifespan,
             timeout_graceful_shutdown=3,
         )
         self.server = uvicorn.Server(config)
@@ -116,57 +164,85 @@ async def drive(
     long_stream_trace_id: int | None = None,
 ) -> list[load.ClientResult]:
     """Run the load of ``plan`` against ``base_url``; returns every client's result.
-    The long stream's request joins trace ``long_stream_trace_id`` when one is given."""
+    The long stream's request joins trace ``long_stream_trace_id`` when one is given.
+
+    The clients are the demo's truth, not its subject: their calls are kept out of any
+    HTTP client instrumentation of this process (the relay's)."""
     rng = random.Random(plan.seed)
-    source = load.scenarios(rng, plan.pace)
+    source = load.scenarios(rng, plan.pace, plan.relay_hold if plan.relay else 0.0)
     results: list[load.ClientResult] = []
     stop_at = time.perf_counter() + plan.seconds
     budget = math.inf if plan.requests is None else plan.requests
     started = 0
+    ids = itertools.count(1)
 
-    async with (
-        load.client_for(plan.concurrency) as client,
-        load.client_for(plan.concurrency, slow=True) as slow_client,
-    ):
+    with suppress_http_instrumentation():
+        async with (
+            load.client_for(plan.concurrency) as client,
+            load.client_for(plan.concurrency, slow=True) as slow_client,
+        ):
 
-        async def run(scenario: load.Scenario) -> None:
-            chosen = slow_client if scenario.slow else client
-            result = await load.run_one(chosen, base_url, scenario, timeout=30.0)
-            results.append(result)
-            on_result(result)
+            async def run(scenario: load.Scenario) -> None:
+                chosen = slow_client if scenario.slow else client
+                result = await load.run_one(
+                    chosen,
+                    base_url,
+                    scenario,
+                    timeout=30.0,
+                    request_id=next(ids),
+                    relayed=plan.relay,
+                )
+                results.append(result)
+                on_result(result)
 
-        async def worker() -> None:
-            nonlocal started
-            while time.perf_counter() < stop_at and started < budget:
+            async def worker() -> None:
+                nonlocal started
+                while time.perf_counter() < stop_at and started < budget:
+                    started += 1
+                    await run(next(source))
+
+            tasks = [worker() for _ in range(plan.concurrency)]
+            if plan.long_stream_seconds > 0 and budget >= 1:
                 started += 1
-                await run(next(source))
-
-        tasks = [worker() for _ in range(plan.concurrency)]
-        if plan.long_stream_seconds > 0 and budget >= 1:
-            started += 1
-            scenario = load.long_stream(plan.pace, plan.long_stream_seconds, long_stream_trace_id)
-            tasks.append(run(scenario))
-        await asyncio.gather(*tasks)
+                scenario = load.long_stream(
+                    plan.pace, plan.long_stream_seconds, long_stream_trace_id
+                )
+                tasks.append(run(scenario))
+            await asyncio.gather(*tasks)
     return results
 
 
 def _wait_for_server(
-    telemetry: DemoTelemetry, expected: int, trace_id: int | None, timeout: float = 5.0
+    telemetry: DemoTelemetry,
+    expected: int,
+    trace_id: int | None,
+    upstream_port: int | None = None,
+    timeout: float = 5.0,
 ) -> None:
-    """The server records a request's end a moment after its client saw it."""
+    """The server records a request's end a moment after its client saw it (and a
+    relay's upstream call, with ``upstream_port``, a moment after that)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if report.read_metrics(telemetry.reader).total_terminations >= expected and (
-            trace_id is None or stream_span_seconds(telemetry, trace_id) is not None
+        metrics = report.read_metrics(telemetry.reader, upstream_port=upstream_port)
+        calls = sum(metrics.client_terminations.values())
+        if (
+            metrics.total_terminations >= expected
+            and (upstream_port is None or calls >= expected)
+            and (trace_id is None or stream_span_seconds(telemetry, trace_id) is not None)
         ):
             return
         time.sleep(0.05)
 
 
+#: The name of the demo server's stream span (the relay's, when there is one).
+STREAM_SPAN = f"POST {CHAT_PATH} stream"
+
+
 def stream_span_seconds(telemetry: DemoTelemetry, trace_id: int) -> float | None:
-    """The duration of the stream span of trace ``trace_id``, once it has ended."""
+    """The duration of the server's stream span of trace ``trace_id``, once it has ended
+    (not a relay's client stream span, ``POST stream``, of the same trace)."""
     for span in telemetry.traces.spans(trace_id):
-        if span.name.endswith(" stream") and span.start_time and span.end_time:
+        if span.name == STREAM_SPAN and span.start_time and span.end_time:
             return (span.end_time - span.start_time) / 1e9
     return None
 
@@ -267,34 +343,110 @@ def run_demo(
     stdout = Console()
     if not stdout.is_terminal:
         stdout.width = 100
-    telemetry = setup(prometheus_port=prometheus_port)
+    data = collect(
+        plan,
+        prometheus_port=prometheus_port,
+        console=stderr,
+        announce=not stderr.is_terminal and not as_json,
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+    else:
+        report.render(data, stdout)
+    return EXIT_OK if data["ok"] else EXIT_MISMATCH
+
+
+def collect(
+    plan: load.LoadPlan,
+    *,
+    prometheus_port: int | None = None,
+    console: Any = None,
+    announce: bool = False,
+    relay_outer: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
+    """Serve, drive the load of ``plan``, and build the report (plain data).
+
+    With ``plan.relay`` the clients call the relay, which calls the model: each has its
+    own SDK providers (its own service), and ``StreamingClientInstrumentor`` records the
+    relay's calls for the time of the run. ``relay_outer`` wraps the relay's
+    instrumented app (outside its middleware, where the telemetry cannot see), for tests
+    of what the report catches."""
+    from rich.console import Console
+
+    console = console if console is not None else Console(stderr=True)
     behaviour = Behaviour(
         tokens=plan.pace.tokens, ttft=plan.pace.ttft, token_interval=plan.pace.token_interval
     )
     seed = plan.seed if plan.seed is not None else random.randrange(1_000_000)
     plan.seed = seed
     trace_id = (random.Random(seed).getrandbits(128) or 1) if plan.long_stream_seconds else None
+    telemetry = setup(prometheus_port=prometheus_port)
+    model_telemetry: DemoTelemetry | None = None
+    stopwatch: ModelStopwatch | None = None
+    instrumentor: Any = None
+    relay_data: report.RelayData | None = None
     if trace_id is not None:
         telemetry.traces.watch(trace_id)
     try:
-        with ServerThread(
-            build_app(telemetry, behaviour), listen(0, send_buffer=DEMO_SNDBUF)
-        ) as server:
+        if plan.relay:
+            from otel_stream import StreamingClientInstrumentor
+
+            model_telemetry = setup(
+                prometheus_port=None if prometheus_port is None else 0,
+                service=f"{service_name()}-model",
+            )
+            stopwatch = ModelStopwatch()
+            instrumentor = StreamingClientInstrumentor()
+            instrumentor.instrument(**telemetry.providers)
+        with contextlib.ExitStack() as stack:
+            model = stack.enter_context(
+                ServerThread(
+                    build_app(model_telemetry or telemetry, behaviour, stopwatch),
+                    listen(0, send_buffer=DEMO_SNDBUF),
+                )
+            )
+            server = model
+            if plan.relay:
+                app = build_relay_app(telemetry, model.url, connections=plan.concurrency + 4)
+                server = stack.enter_context(
+                    ServerThread(
+                        relay_outer(app) if relay_outer else app,
+                        listen(0, send_buffer=DEMO_SNDBUF),
+                        lifespan="on",
+                    )
+                )
             if telemetry.prometheus_url:
-                stderr.print(f"Prometheus metrics at {telemetry.prometheus_url}")
-            if not stderr.is_terminal and not as_json:
-                stderr.print(f"otel-stream demo: driving load against {server.url} ...")
+                where = " (the relay's)" if model_telemetry else ""
+                console.print(f"Prometheus metrics at {telemetry.prometheus_url}{where}")
+            if model_telemetry is not None and model_telemetry.prometheus_url:
+                model_url = model_telemetry.prometheus_url
+                console.print(f"Prometheus metrics at {model_url} (the model's)")
+            if announce:
+                console.print(f"otel-stream demo: driving load against {server.url} ...")
             started = time.perf_counter()
-            with LoadProgress(stderr, plan) as view:
+            with LoadProgress(console, plan) as view:
                 results = asyncio.run(_drive_with_progress(server.url, plan, view, trace_id))
             wall = time.perf_counter() - started
-            _wait_for_server(telemetry, len(results), trace_id)
-            metrics = report.read_metrics(telemetry.reader)
+            upstream_port = model.port if plan.relay else None
+            _wait_for_server(telemetry, len(results), trace_id, upstream_port)
+            if model_telemetry is not None:
+                _wait_for_server(model_telemetry, len(results), None)
+            metrics = report.read_metrics(telemetry.reader, upstream_port=upstream_port)
             long_stream = stream_span_seconds(telemetry, trace_id) if trace_id else None
+            if model_telemetry is not None and stopwatch is not None:
+                relay_data = report.RelayData(
+                    report.read_metrics(model_telemetry.reader),
+                    dict(stopwatch.timings),
+                    model.url + CHAT_PATH,
+                )
     finally:
+        if instrumentor is not None:
+            instrumentor.uninstrument()
         telemetry.shutdown()
+        if model_telemetry is not None:
+            model_telemetry.shutdown()
 
-    data = report.build_report(
+    return report.build_report(
         metrics,
         results,
         run={
@@ -305,17 +457,14 @@ def run_demo(
             "wall_seconds": wall,
             "seed": seed,
             "pace": asdict(plan.pace),
+            "relay_hold": plan.relay_hold if plan.relay else None,
             "exporters": telemetry.exporters,
             "prometheus": telemetry.prometheus_url,
         },
         first_token_supported=report.TTFT in metrics.histograms,
         long_stream_seconds=long_stream,
+        relay=relay_data,
     )
-    if as_json:
-        sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
-    else:
-        report.render(data, stdout)
-    return EXIT_OK if data["ok"] else EXIT_MISMATCH
 
 
 def _finite(value: Any) -> Any:

@@ -138,14 +138,28 @@ class DemoTelemetry:
             self.prometheus_server.server_close()
 
 
-def setup(
-    *, prometheus_port: int | None = None, environ: Mapping[str, str] | None = None
-) -> DemoTelemetry:
-    """Providers for the demo; raises ExporterError for an exporter that cannot load."""
+def service_name(environ: Mapping[str, str] | None = None) -> str:
+    """The demo's service name: ``OTEL_SERVICE_NAME``, else ``otel-stream-demo``."""
     environ = os.environ if environ is None else environ
-    resource = Resource.create(
-        {} if environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: "otel-stream-demo"}
-    )
+    return environ.get("OTEL_SERVICE_NAME") or "otel-stream-demo"
+
+
+def setup(
+    *,
+    prometheus_port: int | None = None,
+    environ: Mapping[str, str] | None = None,
+    service: str | None = None,
+) -> DemoTelemetry:
+    """Providers for the demo; raises ExporterError for an exporter that cannot load.
+    ``service`` names the service instead of ``OTEL_SERVICE_NAME`` (the model behind
+    the relay is a service of its own)."""
+    environ = os.environ if environ is None else environ
+    if service is not None:
+        resource = Resource.create({SERVICE_NAME: service})
+    else:
+        resource = Resource.create(
+            {} if environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: "otel-stream-demo"}
+        )
     tracer_provider = TracerProvider(resource=resource)
     traces = TraceCatcher()
     tracer_provider.add_span_processor(traces)
