@@ -150,21 +150,23 @@ class Exchange:
 
     def left(self, at: float) -> None:
         """The peer went away; counts freeze. Ignored once the response is complete."""
-        if self.peer_left or self.phase is Phase.COMPLETE or self.phase is Phase.ENDED:
+        if self.phase is Phase.COMPLETE or self.phase is Phase.ENDED:
+            return
+        self._freeze(at)
+
+    def failed_send(self, at: float) -> None:
+        """Handing a message to the peer failed: the peer is gone, whatever the phase."""
+        self.send_failed = True
+        self._freeze(at)
+
+    def _freeze(self, at: float) -> None:
+        """The peer left at ``at`` (the first time only): remember the counts then."""
+        if self.peer_left:
             return
         self.peer_left = True
         self.left_at = at
         self.chunks_when_left = self.chunks
         self.bytes_when_left = self.bytes
-
-    def failed_send(self, at: float) -> None:
-        """Handing a message to the peer failed: the peer is gone, whatever the phase."""
-        self.send_failed = True
-        if not self.peer_left:
-            self.peer_left = True
-            self.left_at = at
-            self.chunks_when_left = self.chunks
-            self.bytes_when_left = self.bytes
 
     def upstream_first_byte(self, at: float, time_to_first_byte: float) -> None:
         """An upstream stream read inside this exchange got its first byte (first one wins)."""
