@@ -356,3 +356,33 @@ def test_the_wsgi_middleware_takes_the_asgi_middlewares_options() -> None:
         return [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
     assert options(StreamingWSGIMiddleware) == options(StreamingMiddleware)
+
+
+def test_a_malformed_content_length_keeps_the_status_and_the_reader(
+    telemetry: Telemetry,
+) -> None:
+    """Reading the headers never fails the response start's telemetry."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response(
+            "200 OK", [("Content-Type", "text/event-stream"), ("Content-Length", "many")]
+        )
+        return iter([b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n', b"x"])
+
+    middleware = StreamingWSGIMiddleware(app, **telemetry.providers)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "SERVER_NAME": "test",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+    }
+    body = middleware(environ, lambda status, headers, exc_info=None: lambda data: None)
+    assert b"".join(body).startswith(b"data:")
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+    request = telemetry.span("GET")
+    assert request.attributes["http.response.status_code"] == 200
+    stream = telemetry.span("GET stream")
+    assert stream.attributes["http.stream.events"] == 1  # the reader was made

@@ -53,26 +53,30 @@ from opentelemetry.trace import Span, TracerProvider
 from opentelemetry.util.http import (
     normalise_request_header_name,
     normalise_response_header_name,
-    sanitize_method,
 )
 
-from otel_stream import attributes as a
 from otel_stream import shutdown, termination
 from otel_stream.asgi.disconnect import DisconnectWatcher
 from otel_stream.asgi.routes import route_of
 from otel_stream.asgi.types import ASGIApp, Message, Receive, Scope, Send
 from otel_stream.config import Settings, explain_unknown_options, given_settings
 from otel_stream.exchange import Exchange, Phase, current_exchange
-from otel_stream.guard import failsafe, guarded, log_failure
-from otel_stream.payloads import PayloadReader, PayloadSummary, make_reader
+from otel_stream.guard import failsafe, guarded
+from otel_stream.payloads import PayloadReader, make_reader
 from otel_stream.payloads.events import sse_chunk_has_event
 from otel_stream.recorder import Record, server_parent
-from otel_stream.server import ServerMiddleware
+from otel_stream.server import (
+    INSTRUMENTED_KEY,
+    ServerExchange,
+    ServerMiddleware,
+    finish_request_attributes,
+    wants_accel_buffering_header,
+)
 
 ServerRequestHook = Callable[[Span, Scope], None]
 
 #: Set in the scope of an instrumented request, so an app is never instrumented twice.
-SCOPE_KEY = "otel_stream.instrumented"
+SCOPE_KEY = INSTRUMENTED_KEY
 
 _BODY = "http.response.body"
 _START = "http.response.start"
@@ -82,12 +86,6 @@ _PATHSEND = "http.response.pathsend"
 _BODY_KINDS = frozenset({_BODY, _ZEROCOPY, _PATHSEND})
 _STREAMING = Phase.STREAMING
 _WAITING = Phase.WAITING
-_STREAMING_TYPES = (
-    b"text/event-stream",
-    b"application/x-ndjson",
-    b"application/jsonl",
-    b"application/json-lines",
-)
 _ACCEL_BUFFERING = b"x-accel-buffering"
 
 
@@ -235,20 +233,9 @@ def _request_attributes(
     attributes: dict[str, Any] = collect_request_attributes(  # type: ignore[no-untyped-call]
         scope, _StabilityMode.HTTP
     )
-    raw_method = scope.get("method")
-    method = attributes.get(a.HTTP_REQUEST_METHOD)  # sanitized by the helper above
-    if not method or not isinstance(raw_method, str) or raw_method != raw_method.strip():
-        method = sanitize_method(str(raw_method or "").strip()) or "_OTHER"
-        attributes[a.HTTP_REQUEST_METHOD] = method
-    metric_attributes: dict[str, Any] = {a.HTTP_REQUEST_METHOD: method}
-    if scope.get("scheme"):
-        metric_attributes[a.URL_SCHEME] = scope["scheme"]
-    if scope.get("http_version"):
-        metric_attributes[a.NETWORK_PROTOCOL_VERSION] = scope["http_version"]
-    attributes.pop(a.URL_QUERY, None)  # query values never reach telemetry
-    server_address = attributes.get(a.SERVER_ADDRESS)
-    if isinstance(server_address, str) and server_address.count(":") == 1:
-        attributes[a.SERVER_ADDRESS] = server_address.rsplit(":", 1)[0]
+    method, metric_attributes = finish_request_attributes(
+        attributes, scope.get("method"), scope.get("scheme"), scope.get("http_version")
+    )
     if middleware.request_headers:
         attributes.update(
             collect_custom_headers_attributes(
@@ -261,7 +248,7 @@ def _request_attributes(
     return method, attributes, metric_attributes
 
 
-class _Responder:
+class _Responder(ServerExchange):
     """One instrumented request: the app's ``send``, and what it tells the core."""
 
     __slots__ = (
@@ -269,12 +256,9 @@ class _Responder:
         "body_complete",
         "headers_sent",
         "middleware",
-        "reader",
-        "record",
         "scope",
         "server_send",
         "sse",
-        "state",
         "trailers_expected",
         "watcher",
     )
@@ -467,27 +451,18 @@ class _Responder:
         if body and reader is not None and not state.peer_left:
             reader.feed(body)
         if first_byte:
-            self.learn_route()
-            self.record.first_byte(state, reader.first_token_at if reader is not None else None)
+            self.reached_first_byte()
 
     def body_ended(self, at: float, sent_at: float) -> None:
         self.body_complete = True
         if not self.trailers_expected:
             self.state.complete(at, sent_at)
 
-    def learn_route(self) -> None:
-        """The route template, once the app has routed the request."""
-        if self.record.route is None:
-            route = route_of(self.scope)
-            if route:
-                self.record.found_route(route)
+    def route(self) -> str | None:
+        return route_of(self.scope)
 
     def response_complete(self) -> bool:
         return self.state.phase is Phase.COMPLETE
-
-    def chunk_clock(self) -> float:
-        """The payload reader's clock: when the chunk being read was handed over."""
-        return self.state.last_chunk_at
 
     def send_raised(self, error: BaseException, at: float, chunk: Message | None = None) -> None:
         """``send`` raised: the client is gone if it is an OSError or a server's disconnect.
@@ -507,46 +482,23 @@ class _Responder:
 
     def end(self, error: BaseException | None) -> None:
         """The app returned or raised: decide the reason, then record."""
-        state = self.state
-        now = perf_counter()
         if error is not None and _is_disconnect_error(error):
-            state.failed_send(now)  # the server's own "client disconnected" exception
+            self.state.failed_send(perf_counter())  # the server's "client disconnected"
             error = None
-        summary = self.summary() if self.reader is not None else None
-        reason = self.outcome(error, summary)
-        if reason is None:  # deciding failed (logged): say what is certain
-            reason = termination.APP_ERROR if error is not None else termination.INCOMPLETE
-        state.end(now)
-        self.record.end(state, reason, error, summary)
-
-    @guarded("request end")
-    def outcome(self, error: BaseException | None, summary: PayloadSummary | None) -> str:
-        self.learn_route()
-        truncated = summary is not None and summary.truncated
-        return self.state.outcome(error, payload_truncated=truncated)
-
-    @guarded("payload reader")
-    def summary(self) -> PayloadSummary | None:
-        reader = self.reader
-        if reader is None:
-            return None
-        summary = reader.finish()
-        error = reader.error
-        if error is not None:
-            log_failure("payload reader", error)
-        return summary
+        self.finish(error)
 
 
 def _with_accel_buffering(message: Message) -> Message:
     """``X-Accel-Buffering: no`` added to a streaming response that lacks it."""
-    content_type = b""
+    content_type = ""
+    has_header = False
     for name, value in message.get("headers") or ():
         lowered = bytes(name).lower()
         if lowered == _ACCEL_BUFFERING:
-            return message
-        if lowered == b"content-type":
-            content_type = bytes(value).lower()
-    if not content_type.startswith(_STREAMING_TYPES):
+            has_header = True
+        elif lowered == b"content-type":
+            content_type = bytes(value).decode("latin-1").lower()
+    if not wants_accel_buffering_header(content_type, has_header):
         return message
     message = dict(message)
     message["headers"] = [*message.get("headers", ()), (_ACCEL_BUFFERING, b"no")]

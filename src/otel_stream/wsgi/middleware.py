@@ -51,6 +51,7 @@ import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from time import perf_counter, time_ns
 from typing import Any
+from wsgiref.util import request_uri
 
 from opentelemetry import context, propagate
 from opentelemetry.instrumentation._semconv import _StabilityMode
@@ -60,18 +61,22 @@ from opentelemetry.trace import Span, TracerProvider
 from opentelemetry.util.http import (
     normalise_request_header_name,
     normalise_response_header_name,
-    sanitize_method,
 )
 
 from otel_stream import attributes as a
-from otel_stream import termination
 from otel_stream.config import Settings, explain_unknown_options, given_settings
 from otel_stream.exchange import Exchange, Phase, current_exchange
-from otel_stream.guard import failsafe, log_failure
-from otel_stream.payloads import PayloadReader, PayloadSummary, make_reader
+from otel_stream.guard import failsafe
+from otel_stream.payloads import PayloadReader, make_reader
 from otel_stream.payloads.events import sse_chunk_has_event
 from otel_stream.recorder import Record, server_parent
-from otel_stream.server import ServerMiddleware
+from otel_stream.server import (
+    INSTRUMENTED_KEY,
+    ServerExchange,
+    ServerMiddleware,
+    finish_request_attributes,
+    wants_accel_buffering_header,
+)
 from otel_stream.wsgi.routes import install_django_route_hook, route_of
 
 Environ = dict[str, Any]
@@ -80,16 +85,10 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 ServerRequestHook = Callable[[Span, Environ], None]
 
 #: Set in the environ of an instrumented request, so an app is never instrumented twice.
-ENVIRON_KEY = "otel_stream.instrumented"
+ENVIRON_KEY = INSTRUMENTED_KEY
 
 _WAITING = Phase.WAITING
 _STREAMING = Phase.STREAMING
-_STREAMING_TYPES = (
-    "text/event-stream",
-    "application/x-ndjson",
-    "application/jsonl",
-    "application/json-lines",
-)
 
 
 class StreamingWSGIMiddleware(ServerMiddleware):
@@ -150,9 +149,7 @@ class StreamingWSGIMiddleware(ServerMiddleware):
         with failsafe("request start"):
             settings = self.settings
             excluded = False
-            if settings.has_excluded_urls:  # building the URL costs microseconds: only if needed
-                from wsgiref.util import request_uri
-
+            if self.has_excluded_urls:  # building the URL costs microseconds: only if needed
                 excluded = settings.excluded_urls.url_disabled(request_uri(environ))
             if not excluded:
                 exchange = _WSGIExchange(self, environ)
@@ -166,22 +163,12 @@ def _request_attributes(
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The sanitized method, the request span's attributes and the metrics' attributes."""
     attributes: dict[str, Any] = collect_request_attributes(environ, _StabilityMode.HTTP)
-    raw_method = environ.get("REQUEST_METHOD")
-    method = attributes.get(a.HTTP_REQUEST_METHOD)  # sanitized by the helper above
-    if not method or not isinstance(raw_method, str) or raw_method != raw_method.strip():
-        method = sanitize_method(str(raw_method or "").strip()) or "_OTHER"
-        attributes[a.HTTP_REQUEST_METHOD] = method
-    metric_attributes: dict[str, Any] = {a.HTTP_REQUEST_METHOD: method}
-    scheme = environ.get("wsgi.url_scheme")
-    if scheme:
-        metric_attributes[a.URL_SCHEME] = scheme
-    version = attributes.get(a.NETWORK_PROTOCOL_VERSION)
-    if version:
-        metric_attributes[a.NETWORK_PROTOCOL_VERSION] = version
-    attributes.pop(a.URL_QUERY, None)  # query values never reach telemetry
-    server_address = attributes.get(a.SERVER_ADDRESS)
-    if isinstance(server_address, str) and server_address.count(":") == 1:
-        attributes[a.SERVER_ADDRESS] = server_address.rsplit(":", 1)[0]
+    method, metric_attributes = finish_request_attributes(
+        attributes,
+        environ.get("REQUEST_METHOD"),
+        environ.get("wsgi.url_scheme"),
+        attributes.get(a.NETWORK_PROTOCOL_VERSION),
+    )
     if middleware.request_headers:
         headers = {
             key[5:].replace("_", "-"): value
@@ -220,7 +207,7 @@ def _propagation_headers(environ: Environ) -> list[tuple[bytes, bytes]]:
 _propagator_keys: tuple[object, tuple[tuple[str, bytes], ...]] = (None, ())
 
 
-class _WSGIExchange:
+class _WSGIExchange(ServerExchange):
     """One instrumented request: the app's ``start_response`` and iterable, and what they
     tell the core."""
 
@@ -231,13 +218,10 @@ class _WSGIExchange:
         "environ",
         "middleware",
         "one_item",
-        "reader",
-        "record",
         "server_start_response",
         "server_write",
         "sse",
-        "state",
-        "status",
+        "started",
     )
 
     def __init__(self, middleware: StreamingWSGIMiddleware, environ: Environ) -> None:
@@ -247,7 +231,7 @@ class _WSGIExchange:
         self.app = middleware.app
         self.environ = environ
         self.state = state = Exchange(started_at)
-        self.status: int | None = None
+        self.started = False  # start_response was called (a second call may follow)
         self.sse = False
         self.content_length: int | None = None
         self.one_item = False
@@ -416,11 +400,11 @@ class _WSGIExchange:
             if lowered == "content-type":
                 content_type = value.lower()
             elif lowered == "content-length":
-                content_length = int(value)
+                content_length = _length(value)
             elif lowered == "x-accel-buffering":
                 has_accel = True
-        first = self.status is None
-        self.status = code
+        first = not self.started
+        self.started = True
         self.sse = content_type.startswith("text/event-stream")
         self.content_length = content_length
         settings = self.middleware.settings
@@ -429,7 +413,7 @@ class _WSGIExchange:
                 content_type.encode("latin-1"), settings.payload_max_event_bytes, self.chunk_clock
             )
         record = self.record
-        record.found_route(route_of(self.environ))
+        self.learn_route()
         span_headers = None
         middleware = self.middleware
         if middleware.response_headers:
@@ -441,10 +425,8 @@ class _WSGIExchange:
                 joined, middleware.response_headers, normalise_response_header_name
             )
         record.response_started(code, span_headers)
-        if (
-            settings.accel_buffering_header
-            and not has_accel
-            and content_type.startswith(_STREAMING_TYPES)
+        if settings.accel_buffering_header and wants_accel_buffering_header(
+            content_type, has_accel
         ):
             headers = [*headers, ("X-Accel-Buffering", "no")]
         return headers
@@ -474,8 +456,7 @@ class _WSGIExchange:
             if reader is not None:
                 reader.feed(item)
             if first_byte:
-                self.record.found_route(route_of(self.environ))
-                self.record.first_byte(state, reader.first_token_at if reader else None)
+                self.reached_first_byte()
 
     def whole(self, size: int) -> bool:
         """True when ``size`` body bytes complete the response (its ``Content-Length``)."""
@@ -489,8 +470,7 @@ class _WSGIExchange:
         with failsafe("first byte"):
             state.first_byte(now, now, self.content_length or 0, more=False)
             state.complete(now, now)
-            self.record.found_route(route_of(self.environ))
-            self.record.first_byte(state, None)
+            self.reached_first_byte()
         self.end(None)
 
     def exhausted(self) -> None:
@@ -501,8 +481,7 @@ class _WSGIExchange:
             # An empty body: complete is as good as a first byte.
             state.first_byte(now, now, 0, more=False, empty=True)
             with failsafe("first byte"):
-                self.record.found_route(route_of(self.environ))
-                self.record.first_byte(state, None)
+                self.reached_first_byte()
         if state.phase is not Phase.COMPLETE:
             state.complete(now, now)
         self.end(None)
@@ -527,37 +506,23 @@ class _WSGIExchange:
                     state.left(now)
         self.end(None)
 
-    def chunk_clock(self) -> float:
-        """The payload reader's clock: when the item being read was handed over."""
-        return self.state.last_chunk_at
+    def route(self) -> str | None:
+        return route_of(self.environ)
 
     # The end -------------------------------------------------------------------------
 
     def end(self, error: BaseException | None) -> None:
         """Decide the reason, then record (once)."""
-        state = self.state
-        if state.phase is Phase.ENDED:
-            return
-        now = perf_counter()
-        reason = termination.APP_ERROR if error is not None else termination.INCOMPLETE
-        summary: PayloadSummary | None = None
-        with failsafe("request end"):
-            summary = self.summary()
-            truncated = summary is not None and summary.truncated
-            reason = state.outcome(error, payload_truncated=truncated)
-            self.record.found_route(route_of(self.environ))
-        state.end(now)
-        self.record.end(state, reason, error, summary)
+        if self.state.phase is not Phase.ENDED:
+            self.finish(error)
 
-    def summary(self) -> PayloadSummary | None:
-        reader = self.reader
-        if reader is None:
-            return None
-        summary = reader.finish()
-        error = getattr(reader, "error", None)
-        if error is not None:
-            log_failure("payload reader", error)
-        return summary
+
+def _length(value: str) -> int | None:
+    """A ``Content-Length`` value, or None when it is not a number (never raises)."""
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 def _complete(state: Exchange) -> bool:
