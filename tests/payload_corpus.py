@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 SSE = b"text/event-stream"
@@ -909,6 +909,37 @@ def anthropic(tokens: int = 3) -> Shape:
     )
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _relayed_spaced(shape: Shape, name: str) -> Shape:
+    """``shape`` as a relay writes it when it re-serialises each event with ``json.dumps``
+    (``": "`` and ``", "``) and drops the ``event:`` lines: the type is then only in the
+    data, after a spaced colon."""
+
+    def respaced(chunk: bytes) -> bytes:
+        data = next(line for line in chunk.split(b"\n") if line.startswith(b"data: "))
+        # A decoder of its own: the tests count json.loads calls of the readers.
+        return sse(spaced(_DECODER.decode(data[len(b"data: ") :].decode())))
+
+    return replace(
+        shape,
+        name=name,
+        chunks=tuple(respaced(chunk) for chunk in shape.chunks),
+        error_chunk=respaced(shape.error_chunk),
+    )
+
+
+def anthropic_relayed_spaced(tokens: int = 3) -> Shape:
+    """Anthropic's events re-serialised by a relay with ``json.dumps``, no ``event:`` lines."""
+    return _relayed_spaced(anthropic(tokens), "anthropic-relayed-spaced")
+
+
+def openai_responses_relayed_spaced(tokens: int = 3) -> Shape:
+    """OpenAI Responses events re-serialised by a relay with ``json.dumps``, no ``event:``."""
+    return _relayed_spaced(openai_responses(tokens), "openai-responses-relayed-spaced")
+
+
 # Ollama's native NDJSON -----------------------------------------------------------------
 
 
@@ -1018,6 +1049,8 @@ SHAPES: dict[str, Callable[[int], Shape]] = {
         several_events_per_chunk,
         openai_responses,
         anthropic,
+        anthropic_relayed_spaced,
+        openai_responses_relayed_spaced,
         ollama_chat,
         ollama_generate,
     )

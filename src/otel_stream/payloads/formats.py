@@ -185,9 +185,9 @@ def plain_head(data: bytes) -> tuple[int, bool]:
     head runs to the start of its text (``content``, legacy ``text``, reasoning), a
     string the framing must see closed (``True``). ``-1`` when there is neither.
     """
-    if data.startswith(_TYPE_VALUE_START):
-        end = data.find(_QUOTE, len(_TYPE_VALUE_START[0]))
-        return end + 1, False
+    for prefix in _TYPE_VALUE_START:  # compact or spaced (json.dumps' default)
+        if data.startswith(prefix):
+            return data.find(_QUOTE, len(prefix)) + 1, False
     for needle in _TEXT_VALUES:
         at = data.find(needle)
         if at >= 0:
