@@ -29,6 +29,8 @@ def raised_from(error: BaseException, cause: BaseException) -> BaseException:
         (None, False, False, False, "consumer_closed"),
         (None, False, False, True, "completed"),  # closed after [DONE]
         (asyncio.CancelledError(), False, False, False, "consumer_closed"),
+        (KeyboardInterrupt(), False, False, False, "consumer_closed"),  # Ctrl-C mid-read
+        (SystemExit(), False, False, False, "consumer_closed"),
         (RemoteProtocolError(), False, False, False, "server_disconnect"),
         (ConnectionResetError(), False, False, False, "server_disconnect"),
         (

@@ -16,8 +16,8 @@ An outgoing call (the client side) ends as its caller read it (:func:`classify_c
 
 * ``completed``: the caller read the end of the body, or closed it after an LLM
   format's end marker.
-* ``consumer_closed``: the caller closed or dropped the response, or was cancelled,
-  before the end.
+* ``consumer_closed``: the caller closed or dropped the response, or was cancelled or
+  stopped (``KeyboardInterrupt``, ``SystemExit``), before the end.
 * ``server_disconnect``: the connection ended before the body did.
 * ``error``: any other failure of the call or of a read.
 * ``incomplete``: the body ended but an LLM format's end marker never came.
@@ -118,7 +118,7 @@ def classify_client(
     the whole answer.
     """
     if error is not None:
-        if is_cancellation(error):
+        if is_cancellation(error) or is_stop(error):  # the caller was stopped from outside
             return CONSUMER_CLOSED
         return SERVER_DISCONNECT if is_server_disconnect(error) else ERROR
     if not body_complete:
