@@ -442,3 +442,20 @@ def test_an_sse_ping_is_not_the_first_byte(
     stream = clients.span("GET stream")
     assert stream.attributes["http.stream.chunks"] == 3
     assert stream.attributes["http.stream.termination_reason"] == "completed"
+
+
+@pytest.mark.parametrize("module", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_a_response_hook_that_reads_the_body_ends_the_call_at_once(
+    clients: Telemetry, upstream: str, module: object
+) -> None:
+    """The hook reads the body inside send, before it can be wrapped: the call ends when
+    send returns, not when the response is collected."""
+    client_class = module.Client  # type: ignore[attr-defined]
+    with client_class(event_hooks={"response": [lambda response: response.read()]}) as client:
+        response = client.get(upstream + "/v1/models")
+        assert response.status_code == 200
+        spans = clients.spans()  # before the response object is dropped
+        request = clients.span("GET")
+        assert request.attributes["http.stream.termination_reason"] == "completed"
+        assert response.content  # the caller still has its body
+        assert len(spans) == 1

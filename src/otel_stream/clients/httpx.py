@@ -94,7 +94,17 @@ def start_call(
 
 
 def observe_response(call: ClientCall, response: Any, stream_class: Callable[..., Any]) -> None:
-    """Headers arrived: tell the call, and put the counting stream in front of the body."""
+    """Headers arrived: tell the call, and put the counting stream in front of the body.
+
+    A response event hook of the client may have read the whole body already, inside
+    ``send``, before the body could be wrapped: the call then ends here, completed, with
+    no first byte or chunk counted (nobody could see them), instead of staying open
+    until the response is collected.
+    """
+    if response.is_stream_consumed or response.is_closed:
+        call.response(response.status_code, response.headers.get, response.http_version)
+        call.end(body_complete=True)
+        return
     response.stream = stream_class(response.stream, call)
     call.response(response.status_code, response.headers.get, response.http_version)
 
