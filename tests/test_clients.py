@@ -459,3 +459,28 @@ def test_a_response_hook_that_reads_the_body_ends_the_call_at_once(
         assert request.attributes["http.stream.termination_reason"] == "completed"
         assert response.content  # the caller still has its body
         assert len(spans) == 1
+
+
+def test_a_stream_closed_early_after_its_reader_failed_is_consumer_closed(
+    clients: Telemetry, upstream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed reader cannot tell whether the end marker came: closing early is not
+    taken for a whole answer."""
+    from otel_stream.payloads import formats
+
+    def broken(self: object, data: bytes) -> None:
+        raise RuntimeError("reader bug")
+
+    monkeypatch.setattr(formats.Interpreter, "chat", broken)
+    body = {"model": "demo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with (
+        httpx.Client() as client,
+        client.stream(
+            "POST", upstream + "/v1/chat/completions", json=body, headers=slow_first_token()
+        ) as response,
+    ):
+        chunks = response.iter_raw()
+        next(chunks)
+        next(chunks)
+    stream = clients.span("POST stream")
+    assert stream.attributes["http.stream.termination_reason"] == "consumer_closed"

@@ -51,7 +51,7 @@ from opentelemetry.util.http import sanitize_method
 from otel_stream import attributes as a
 from otel_stream import termination
 from otel_stream.exchange import Exchange, Phase, current_exchange
-from otel_stream.guard import guarded
+from otel_stream.guard import guarded, log_failure
 from otel_stream.payloads import PayloadReader, PayloadSummary, make_reader
 from otel_stream.payloads.events import sse_chunk_has_event
 from otel_stream.recorder import Record, Recorder
@@ -278,10 +278,14 @@ class ClientCall:
         exchange = self.exchange
         if body_complete and exchange.phase is not Phase.COMPLETE:
             exchange.complete(now, now)
-        summary = self.reader.finish() if self.reader is not None else None
+        reader = self.reader
+        summary = reader.finish() if reader is not None else None
         recognised = summary is not None and summary.format is not None
         truncated = summary is not None and summary.truncated
-        reason = exchange.client_outcome(
-            error, payload_truncated=truncated, payload_whole=recognised and not truncated
-        )
+        failure = reader.error if reader is not None else None
+        if failure is not None:
+            log_failure("payload reader", failure)
+        # A reader that failed cannot tell whether the end marker came: not whole.
+        whole = recognised and not truncated and failure is None
+        reason = exchange.client_outcome(error, payload_truncated=truncated, payload_whole=whole)
         return reason, summary
