@@ -159,9 +159,17 @@ def start_call(
 ) -> ClientCall | None:
     """A call for the request ``_request(*args, **kwargs)`` is about to send; None on failure.
 
-    Alone, the call writes its trace context into a copy of the request's headers.
+    Alone, the call writes its trace context into a copy of the request's headers. All
+    that can fail is done before the call starts its span: a failure here leaves no span
+    open and no call counted in flight.
     """
     url = _url(session, args[1])
+    nested = traced_by_opentelemetry(session)
+    headers = None
+    if not nested:
+        from multidict import CIMultiDict
+
+        headers = CIMultiDict(kwargs.get("headers") or {})
     call = ClientCall(
         recorder,
         str(args[0]),
@@ -170,12 +178,9 @@ def start_call(
         url.port,
         url.path,
         streams=False,
-        nested=traced_by_opentelemetry(session),
+        nested=nested,
     )
-    if not call.nested:
-        from multidict import CIMultiDict
-
-        headers: CIMultiDict[str] = CIMultiDict(kwargs.get("headers") or {})
+    if headers is not None:
         call.inject(headers)
         kwargs["headers"] = headers
     return call
