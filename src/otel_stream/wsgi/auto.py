@@ -67,13 +67,13 @@ def _hand_added(app: Any) -> bool:
 
 
 def _middleware_of(instance: Any, call: Any) -> AutoStreamingWSGIMiddleware | None:
+    """The app's middleware, made at its first request; None when one was added by hand
+    (that answer is kept too: the app's chain is walked once, not per request)."""
     middleware = instance.__dict__.get(_ATTRIBUTE)
     if middleware is None:
-        if _hand_added(instance):
-            return None
-        middleware = AutoStreamingWSGIMiddleware(call)
+        middleware = False if _hand_added(instance) else AutoStreamingWSGIMiddleware(call)
         instance.__dict__[_ATTRIBUTE] = middleware
-    return middleware  # type: ignore[no-any-return]
+    return middleware or None
 
 
 def _instrumented_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
