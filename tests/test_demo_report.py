@@ -288,3 +288,21 @@ def test_the_progress_bar_shows_done_of_total_and_the_time_left() -> None:
     assert by_time.status() == "1 request · 12/20 s · 0:07 left"
     now[0] += 10.0
     assert by_time.status() == "1 request · 20/20 s · finishing"
+
+
+def test_time_to_first_token_is_judged_whenever_payloads_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From the setting, not the data: missing first-token data must fail its marks."""
+    from otel_stream.demo import run
+
+    monkeypatch.delenv("OTEL_STREAM_PAYLOADS", raising=False)
+    assert run.first_token_expected() is True
+    monkeypatch.setenv("OTEL_STREAM_PAYLOADS", "false")
+    assert run.first_token_expected() is False
+    metrics, results = sample_metrics()
+    results = [*results, result("completed", 0.30, 1.30, first_token=0.4)]
+    data = build(metrics, results)  # first tokens seen by a client, none in the telemetry
+    first_token = data["timings"][1]
+    assert first_token["count"] == {"telemetry": 0, "clients": 1, "ok": False}
+    assert data["ok"] is False

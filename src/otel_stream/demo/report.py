@@ -1009,8 +1009,8 @@ def render(report: dict[str, Any], console: Any) -> None:
     )
     if not report["first_token_supported"]:
         console.print(
-            "[dim]Time to first token: no http.server.stream.time_to_first_token data; this "
-            "build of otel_stream does not read SSE payloads yet.[/]"
+            "[dim]Time to first token: not judged, payload reading is off "
+            "(OTEL_STREAM_PAYLOADS=false).[/]"
         )
     for item in report["unexpected"]:
         console.print(

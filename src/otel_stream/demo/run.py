@@ -461,10 +461,18 @@ def collect(
             "exporters": telemetry.exporters,
             "prometheus": telemetry.prometheus_url,
         },
-        first_token_supported=report.TTFT in metrics.histograms,
+        first_token_supported=first_token_expected(),
         long_stream_seconds=long_stream,
         relay=relay_data,
     )
+
+
+def first_token_expected() -> bool:
+    """Whether the server reads payloads, so time to first token must be there (from the
+    setting, never from the data being judged: missing data must fail the marks)."""
+    from otel_stream.config import Settings
+
+    return Settings.from_options().payloads
 
 
 def _finite(value: Any) -> Any:
