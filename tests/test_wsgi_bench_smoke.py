@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.processes import python_path
+from tests import processes
+from tests.processes import child_environment
 from tests.test_bench_smoke import table_rows
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -18,13 +17,11 @@ NUMBER = r"-?[\d,]+(\.\d+)?"
 
 
 def run(script: str, *args: str, timeout: float = 120) -> str:
-    completed = subprocess.run(
+    """The bench in a process group of its own (its servers go with it on a timeout)."""
+    completed = processes.run(
         [sys.executable, str(BENCH / script), *args],
-        capture_output=True,
-        text=True,
         timeout=timeout,
-        check=False,
-        env={**os.environ, "PYTHONPATH": python_path()},
+        env=child_environment(),
     )
     assert completed.returncode == 0, completed.stderr
     return completed.stdout
