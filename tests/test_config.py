@@ -153,6 +153,8 @@ def test_route_templates_of_starlette_litestar_and_none() -> None:
         (b"data\n\n", True),
         (b"id: 1\r\ndata: x\r\n\r\n", True),
         (b": comment\n\ndata: x", True),  # an unfinished line may be a data field
+        (b"\xef\xbb\xbfdata: x\n\n", True),  # after a byte order mark
+        (b"\xef\xbb\xbf: ping\n\n", False),
         (b"da", True),
     ],
 )
