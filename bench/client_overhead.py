@@ -39,17 +39,18 @@ import statistics
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
 import httpcore
 import httpx
+import overhead  # bench/ is on sys.path when a script runs: the server side's workloads
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from overhead import CountingExporter, openai_events
 
 from otel_stream.clients import StreamingClientInstrumentor
 from otel_stream.clients import instrumentor as client_instrumentor
@@ -119,25 +120,6 @@ def byte_stream(chunks: int, calls: int) -> Workload:
     return Workload("stream", headers, [b"x" * 64] * chunks, calls, True)
 
 
-def openai_events(chunks: int) -> list[bytes]:
-    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        body = {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": "bench",
-            "choices": [choice],
-        }
-        return f"data: {json.dumps(body)}\n\n".encode()
-
-    events = [event({"role": "assistant", "content": ""})]
-    events += [event({"content": f" token{index}"}) for index in range(chunks - 3)]
-    events.append(event({}, "stop"))
-    events.append(b"data: [DONE]\n\n")
-    return events
-
-
 def sse_stream(chunks: int, calls: int, *, asynchronous: bool = False) -> Workload:
     headers = [(b"content-type", b"text/event-stream"), (b"transfer-encoding", b"chunked")]
     name = "async sse" if asynchronous else "sse"
@@ -151,22 +133,6 @@ def json_answer(calls: int) -> Workload:
 
 
 # The rows ------------------------------------------------------------------------------
-
-
-class CountingExporter(SpanExporter):
-    def __init__(self) -> None:
-        self.exported = 0
-        self.kept: list[ReadableSpan] = []
-        self.keep = False
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.exported += len(spans)
-        if self.keep:
-            self.kept.extend(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
 
 
 @dataclass
@@ -337,21 +303,15 @@ def added(result: dict[str, list[float]], name: str) -> tuple[float, float]:
     return middle, statistics.median(abs(value - middle) for value in values)
 
 
-def server_side_per_chunk(chunks: int, calls: int, rounds: int) -> tuple[float, float] | None:
+def server_side_per_chunk(chunks: int, calls: int, rounds: int) -> tuple[float, float]:
     """ns the server middleware adds per chunk of a byte stream and of an OpenAI SSE
-    stream of as many chunks (bench/overhead.py's workloads), or None."""
-    try:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import overhead
-
-        per_chunk = []
-        for workload in (overhead.byte_stream(chunks, calls), overhead.sse_stream(chunks, calls)):
-            result = asyncio.run(overhead.measure(workload, overhead.Providers(), rounds))
-            per_chunk.append(float(result.added(overhead.OTEL_STREAM)[0]) / chunks)
-        return per_chunk[0], per_chunk[1]
-    except Exception as error:  # the server bench changed: report without it
-        print(f"(server side not measured: {error!r})", file=sys.stderr)
-        return None
+    stream of as many chunks (bench/overhead.py's workloads: the same SSE events as the
+    client rows read)."""
+    per_chunk = []
+    for workload in (overhead.byte_stream(chunks, calls), overhead.sse_stream(chunks, calls)):
+        result = asyncio.run(overhead.measure(workload, overhead.Providers(), rounds))
+        per_chunk.append(float(result.added(overhead.OTEL_STREAM)[0]) / chunks)
+    return per_chunk[0], per_chunk[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -417,18 +377,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"| {name} | " + " | ".join(cells) + " |")
     server = server_side_per_chunk(chunks, stream_calls, rounds)
     print()
-    if server is None:
-        print("Server side (bench/overhead.py's StreamingMiddleware row): n/a in this run")
-    else:
-        for (label, key), server_ns in zip(
-            (("byte stream", "stream"), ("OpenAI SSE, payloads on", "sse")), server, strict=True
-        ):
-            ours = added(results[key], OTEL_STREAM)[0] / chunks
-            print(
-                f"Per chunk, {label}: server side (bench/overhead.py's StreamingMiddleware, "
-                f"{chunks:,} chunks) {server_ns:,.0f} ns in this run; the client side's "
-                f"{ours:,.0f} ns is {ours / server_ns:.2f}x that (target: at most 1.00x)"
-            )
+    for (label, key), server_ns in zip(
+        (("byte stream", "stream"), ("OpenAI SSE, payloads on", "sse")), server, strict=True
+    ):
+        ours = added(results[key], OTEL_STREAM)[0] / chunks
+        print(
+            f"Per chunk, {label}: server side (bench/overhead.py's StreamingMiddleware, "
+            f"{chunks:,} chunks) {server_ns:,.0f} ns in this run; the client side's "
+            f"{ours:,.0f} ns is {ours / server_ns:.2f}x that (target: at most 1.00x)"
+        )
     print()
     print(
         "Per chunk: the stream's whole added cost (request part included) / its chunks; "

@@ -41,6 +41,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from _servers import start, stop, wait_ready  # bench/ is on sys.path when a script runs
+from load import free_port, percentile
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SERVERS = ("gunicorn sync", "gunicorn gthread", "waitress", "werkzeug")
@@ -108,12 +109,6 @@ else:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     run_simple("127.0.0.1", port, app, threaded=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def command(server: str, port: int) -> list[str]:
@@ -187,11 +182,6 @@ def one_trial(
                     return (entry["end_ns"] - closed_ns) / 1e6, writes, entry["reason"]
         time.sleep(0.002)
     raise RuntimeError(f"no stream span for {trial_id}")
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
