@@ -85,3 +85,13 @@ def _restore_shutdown_state() -> Iterator[None]:
         shutdown._timed_out = timed_out
         shutdown._sigterm_installed = sigterm_installed
         shutdown._previous_sigterm = previous_sigterm
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    """A fake OpenAI- and Anthropic-compatible model on loopback (the client tests' upstream)."""
+    from tests.client_servers import upstream_app
+    from tests.servers import serve
+
+    with serve(upstream_app()) as url:
+        yield url

@@ -14,17 +14,10 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from otel_stream.clients import StreamingClientInstrumentor
-from tests.client_servers import CHAT_BODY, upstream_app
-from tests.servers import serve
+from tests.client_servers import CHAT_BODY
 from tests.telemetry_harness import Telemetry
 
 TTFT = 0.15  # the upstream's time to first token: long beside loopback's headers
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    with serve(upstream_app()) as url:
-        yield url
 
 
 @pytest.fixture

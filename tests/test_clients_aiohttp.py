@@ -11,18 +11,11 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from otel_stream.clients import StreamingClientInstrumentor
-from tests.client_servers import CHAT_BODY, upstream_app
-from tests.servers import serve
+from tests.client_servers import CHAT_BODY
 from tests.telemetry_harness import Telemetry
 
 TTFT = 0.15
 JSON_BODY = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    with serve(upstream_app()) as url:
-        yield url
 
 
 @pytest.fixture

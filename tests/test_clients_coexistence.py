@@ -4,7 +4,6 @@ SDK's own call span: exactly one CLIENT span per call."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,17 +13,10 @@ from opentelemetry.trace import SpanKind
 
 from otel_stream.clients import StreamingClientInstrumentor
 from tests import client_servers
-from tests.client_servers import CHAT_BODY, upstream_app
-from tests.servers import serve
+from tests.client_servers import CHAT_BODY
 from tests.telemetry_harness import Telemetry
 
 TTFT = 0.15
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    with serve(upstream_app()) as url:
-        yield url
 
 
 def contrib_httpx(module: Any) -> Any:

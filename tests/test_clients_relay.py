@@ -14,18 +14,12 @@ from opentelemetry.trace import SpanKind
 from otel_stream import StreamingMiddleware
 from otel_stream.clients import StreamingClientInstrumentor
 from tests import client_servers
-from tests.client_servers import relay_app, upstream_app
+from tests.client_servers import relay_app
 from tests.servers import serve, wait_until
 from tests.telemetry_harness import Telemetry
 
 TTFT = 0.2
 RELAYS = ("openai", "httpx", "aiohttp")
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    with serve(upstream_app()) as url:
-        yield url
 
 
 @pytest.fixture
