@@ -47,7 +47,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 
 from otel_stream import environment_variables as env
-from otel_stream import shutdown
+from otel_stream import patches, shutdown
 from otel_stream.asgi import ASGIApp, Message, Receive, Scope, Send, StreamingMiddleware
 from otel_stream.config import Settings, parse_bool, parse_positive_float, resolve
 from otel_stream.guard import log_failure
@@ -82,7 +82,7 @@ class _State:
         #: Run once, when the first app starts (after its lifespan startup) or gets a request.
         self.setup: Callable[[], None] | None = None
         #: module name -> [(owner, attribute, original, wrapper)]
-        self.patched: dict[str, list[tuple[Any, str, Any, Any]]] = {}
+        self.patched: dict[str, list[patches.Applied]] = {}
         self.hooked: set[str] = set()
         self.lock = threading.RLock()
 
@@ -316,26 +316,20 @@ def _patch_module(module: ModuleType) -> None:
     with _state.lock:
         if not _state.active or name in _state.patched:
             return
-        applied: list[tuple[Any, str, Any, Any]] = []
-        for owner_name, attribute, wrapper in _TARGETS[name]:
-            owner = module if owner_name is None else getattr(module, owner_name, None)
-            original = vars(owner).get(attribute) if owner is not None else None
-            if not callable(original):
-                logger.debug("otel-stream: %s.%s not found; not patched", name, attribute)
-                continue
-            wrapt.wrap_function_wrapper(owner, attribute, wrapper)
-            applied.append((owner, attribute, original, vars(owner)[attribute]))
-        _state.patched[name] = applied
+        targets = [
+            (
+                module if owner_name is None else getattr(module, owner_name, None),
+                attribute,
+                wrapper,
+            )
+            for owner_name, attribute, wrapper in _TARGETS[name]
+        ]
+        _state.patched[name] = patches.wrap(name, targets)
 
 
 def _unpatch_all() -> None:
     with _state.lock:
-        for applied in _state.patched.values():
-            for owner, attribute, original, wrapper in applied:
-                if vars(owner).get(attribute) is wrapper:
-                    setattr(owner, attribute, original)
-                else:
-                    logger.debug("otel-stream: %r.%s was re-patched; left as is", owner, attribute)
+        patches.unwrap(_state.patched.values())
         _state.patched.clear()
 
 

@@ -28,6 +28,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 
 from otel_stream import environment_variables as env
+from otel_stream import patches
 from otel_stream.config import Settings, parse_bool, resolve
 from otel_stream.recorder import CLIENT, Recorder
 
@@ -56,7 +57,7 @@ class _State:
     def __init__(self) -> None:
         self.recorder: Recorder | None = None
         #: module name -> [(owner, attribute, original, wrapper)]
-        self.patched: dict[str, list[tuple[Any, str, Any, Any]]] = {}
+        self.patched: dict[str, list[patches.Applied]] = {}
         self.hooked: set[str] = set()
         self.lock = threading.RLock()
 
@@ -95,30 +96,17 @@ def _patch_module(module: ModuleType) -> None:
     with _state.lock:
         if _state.recorder is None or name in _state.patched:
             return
-        applied: list[tuple[Any, str, Any, Any]] = []
         try:
             targets = _TARGETS[name](module)
         except Exception as error:  # an unknown version of the library
             logger.debug("otel-stream: %s not patched (%s)", name, error)
             targets = []
-        for owner, attribute, wrapper in targets:
-            original = vars(owner).get(attribute)
-            if not callable(original):
-                logger.debug("otel-stream: %s.%s not found; not patched", name, attribute)
-                continue
-            wrapt.wrap_function_wrapper(owner, attribute, wrapper)
-            applied.append((owner, attribute, original, vars(owner)[attribute]))
-        _state.patched[name] = applied
+        _state.patched[name] = patches.wrap(name, targets)
 
 
 def _unpatch_all() -> None:
     with _state.lock:
-        for applied in _state.patched.values():
-            for owner, attribute, original, wrapper in applied:
-                if vars(owner).get(attribute) is wrapper:
-                    setattr(owner, attribute, original)
-                else:
-                    logger.debug("otel-stream: %r.%s was re-patched; left as is", owner, attribute)
+        patches.unwrap(_state.patched.values())
         _state.patched.clear()
 
 
