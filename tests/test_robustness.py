@@ -227,3 +227,25 @@ def test_bytes_are_identical_with_and_without_the_middleware(
     stream = telemetry.span("GET stream")
     assert stream.attributes["http.stream.bytes"] == len(received[0])
     assert stream.attributes["http.stream.chunks"] == sum(1 for c in chunks if c)
+
+
+def test_spans_whose_attributes_cannot_be_set_still_end(
+    caplog: pytest.LogCaptureFixture, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request span's attributes are set in one call when it ends: when that call
+    fails, the span still ends (for a stream and for a single-message response)."""
+    from opentelemetry.sdk.trace import Span as SdkSpan
+
+    def refuse(self: Any, attributes: Any) -> None:
+        raise Boom("attributes refused")
+
+    monkeypatch.setattr(SdkSpan, "set_attributes", refuse)
+    app = StreamingMiddleware(starlette_app(), **telemetry.providers)
+    with caplog.at_level(logging.WARNING, "otel_stream"), serve(app) as url:
+        assert stream_body(url) == EXPECTED
+        assert httpx.get(url + "/plain").status_code == 200
+        assert wait_until(lambda: len(telemetry.spans()) == 3)
+    names = ["GET /plain", "GET /stream/{id}", "GET /stream/{id} stream"]
+    assert sorted(telemetry.names()) == names
+    assert all(span.end_time is not None for span in telemetry.spans())
+    assert any("attributes refused" in r.getMessage() or r.exc_info for r in caplog.records)

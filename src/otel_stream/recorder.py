@@ -17,6 +17,11 @@ Choices made on purpose (read before "fixing"):
   (the first byte's spans, its metrics, the end's metrics, the spans' end, the active
   counter) is a method decorated ``@guarded``: a failure is logged once and skips that
   group only.
+* **The request span's attributes wait for its end.** What it learns after it started
+  (status, allowlisted response headers, route, time to first byte, the end's reason) is
+  kept in ``pending`` and set in one call when it ends: at the first byte of a stream,
+  else with the end's own attributes. Each ``set_attributes`` costs about a microsecond
+  in the SDK, and a single-message response made four.
 * **Nothing per chunk.** The record is touched at the start, the first byte and the end;
   chunks only move counters of the pure :class:`~otel_stream.exchange.Exchange`.
 * **Instruments from one table.** Every histogram is a row of ``_HISTOGRAMS``: its name
@@ -447,6 +452,7 @@ class Record:
         "instruments",
         "method",
         "metric_attributes",
+        "pending",
         "recorder",
         "request_span",
         "route",
@@ -477,6 +483,8 @@ class Record:
         self.span_name = self.method
         self.metric_attributes = metric_attributes
         self.active_attributes: dict[str, Any] | None = None
+        #: The request span's attributes learned since it started, set when it ends.
+        self.pending: dict[str, Any] = {}
         self.stream_span: Span | None = None
         self.request_span: Span = recorder.tracer.start_span(
             self.span_name,
@@ -499,20 +507,19 @@ class Record:
         self.metric_attributes[a.HTTP_ROUTE] = route
         self.span_name = f"{self.method} {route}"
         self.request_span.update_name(self.span_name)
-        self.request_span.set_attribute(a.HTTP_ROUTE, route)
+        self.pending[a.HTTP_ROUTE] = route
 
     @guarded("response start")
     def response_started(self, status: int, span_attributes: Mapping[str, Any] | None) -> None:
         """The status (and allowlisted response headers) are known."""
         self.metric_attributes[a.HTTP_RESPONSE_STATUS_CODE] = status
-        attributes: dict[str, Any] = {a.HTTP_RESPONSE_STATUS_CODE: status}
+        attributes = self.pending
+        attributes[a.HTTP_RESPONSE_STATUS_CODE] = status
         if span_attributes:
             attributes.update(span_attributes)
-        span = self.request_span
         if status >= self.recorder.side.error_status:
             attributes[a.ERROR_TYPE] = str(status)
-            span.set_status(Status(StatusCode.ERROR))
-        span.set_attributes(attributes)
+            self.request_span.set_status(Status(StatusCode.ERROR))
 
     def first_byte(self, exchange: Exchange, first_token_at: float | None) -> None:
         """The first body byte went out: end the request span, start the stream's."""
@@ -542,7 +549,8 @@ class Record:
         at = exchange.first_byte_at
         assert at is not None
         started_at = self.started_at
-        attributes: dict[str, Any] = {a.STREAM_TIME_TO_FIRST_BYTE: at - started_at}
+        attributes = self.pending
+        attributes[a.STREAM_TIME_TO_FIRST_BYTE] = at - started_at
         if first_token_at is not None:
             # The first byte carried the first token: the request span can hold it too.
             attributes[a.STREAM_TIME_TO_FIRST_TOKEN] = first_token_at - started_at
@@ -552,19 +560,21 @@ class Record:
         upstream = exchange.upstream_time_to_first_byte
         if upstream is not None:
             attributes[a.STREAM_UPSTREAM_TIME_TO_FIRST_BYTE] = upstream
-        self.request_span.set_attributes(attributes)
         if exchange.streamed:
-            first_byte_ns = self._ns(at)
-            stream_attributes = self._method_and_route()
-            stream_attributes[a.HTTP_REQUEST_METHOD] = self.method
-            self.stream_span = self.recorder.tracer.start_span(
-                f"{self.span_name} stream",
-                context=self.context,
-                kind=SpanKind.INTERNAL,
-                start_time=first_byte_ns,
-                attributes=stream_attributes,
-            )
-            self.request_span.end(end_time=first_byte_ns)
+            try:
+                self._flush_pending()
+            finally:  # the stream span starts even when the attributes were refused
+                first_byte_ns = self._ns(at)
+                stream_attributes = self._method_and_route()
+                stream_attributes[a.HTTP_REQUEST_METHOD] = self.method
+                self.stream_span = self.recorder.tracer.start_span(
+                    f"{self.span_name} stream",
+                    context=self.context,
+                    kind=SpanKind.INTERNAL,
+                    start_time=first_byte_ns,
+                    attributes=stream_attributes,
+                )
+                self.request_span.end(end_time=first_byte_ns)
 
     @guarded("first byte metrics")
     def _first_byte_metrics(self, exchange: Exchange) -> None:
@@ -586,7 +596,17 @@ class Record:
         if self.stream_span is not None and self.stream_span.is_recording():
             self.stream_span.end(end_time=end_ns)
         if self.request_span.is_recording():
-            self.request_span.end(end_time=end_ns)
+            try:
+                self._flush_pending()  # recording the end failed before it set them
+            finally:
+                self.request_span.end(end_time=end_ns)
+
+    def _flush_pending(self) -> None:
+        """Set the request span's pending attributes (once, before it ends)."""
+        pending = self.pending
+        if pending:
+            self.pending = {}
+            self.request_span.set_attributes(pending)
 
     # Inside ---------------------------------------------------------------------------
 
@@ -600,8 +620,10 @@ class Record:
     ) -> None:
         stream_span = self.stream_span
         span = stream_span if stream_span is not None else self.request_span
-        # The span's attributes are gathered and set at once: one call into the SDK.
-        span_attributes: dict[str, Any] = {a.TERMINATION_REASON: reason}
+        # The span's attributes are gathered and set at once: one call into the SDK (the
+        # request span's, with those it learned since it started).
+        span_attributes: dict[str, Any] = self.pending if stream_span is None else {}
+        span_attributes[a.TERMINATION_REASON] = reason
         if reason in _ERROR_REASONS and error is not None:
             span_attributes[a.ERROR_TYPE] = type(error).__qualname__
             span.record_exception(error)
@@ -644,6 +666,8 @@ class Record:
             if status is not None:
                 span_attributes[a.HTTP_RESPONSE_STATUS_CODE] = status
         span.set_attributes(span_attributes)
+        if stream_span is None:
+            self.pending = {}
         if stream_span is not None:
             small = self._method_and_route()
             with_reason = {**small, a.TERMINATION_REASON: reason}
