@@ -1,8 +1,8 @@
 """The request span's attributes are contrib's, also when they are reused.
 
-The ASGI middleware keeps contrib's answer for a connection's requests to one path
-(``_request_attributes``): every part of the scope that answer depends on must be part
-of the key, and the copies must not leak between requests.
+Both server middlewares keep contrib's answer for a connection's requests to one path
+(``KeptAttributes``): every part of the scope or environ that answer depends on must be
+part of the key, and the copies must not leak between requests.
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ import httpx
 import pytest
 from opentelemetry.trace import NoOpTracerProvider
 
-from otel_stream import StreamingMiddleware
+from otel_stream import StreamingMiddleware, StreamingWSGIMiddleware
+from otel_stream import server as server_module
 from otel_stream.asgi import middleware as asgi_middleware
+from otel_stream.wsgi import middleware as wsgi_middleware
+from tests import wsgi_servers
 from tests.apps import starlette_app
 from tests.servers import serve, wait_until
 from tests.telemetry_harness import Telemetry
+from tests.wsgi_apps import plain_wsgi_app
 
 BASE: dict[str, Any] = {
     "type": "http",
@@ -100,7 +104,7 @@ def test_query_values_never_reach_the_attributes_nor_the_key() -> None:
     mw = middleware()
     _, attributes, _ = answer(mw, VARIANTS["a query"])
     assert "url.query" not in attributes
-    assert all("secret" not in repr(key) for key in mw.attributes_cache)
+    assert all("secret" not in repr(key) for key in mw.kept_attributes.answers)
 
 
 @pytest.mark.parametrize(
@@ -113,10 +117,10 @@ def test_requests_whose_scope_cannot_be_a_key_are_not_kept(name: str) -> None:
 
 def test_the_kept_answers_are_bounded() -> None:
     mw = middleware()
-    size = asgi_middleware._ATTRIBUTES_CACHE_SIZE
+    size = server_module.KEPT_ATTRIBUTES
     for port in range(size + 10):
         answer(mw, variant(client=("127.0.0.1", 40000 + port)))
-    assert 0 < len(mw.attributes_cache) <= size
+    assert 0 < len(mw.kept_attributes.answers) <= size
 
 
 def test_requests_of_one_connection_each_get_their_own_attributes(telemetry: Telemetry) -> None:
@@ -149,6 +153,110 @@ def test_requests_of_one_connection_each_get_their_own_attributes(telemetry: Tel
     ]
     expected = [(m, p.split("?")[0], agent) for m, p, agent in requests]
     assert seen == expected
-    ports = {s.attributes["client.port"] for s in request_spans if s.attributes is not None}
-    assert len(ports) == 1  # one connection: the cache was used
+    assert len(app.kept_attributes.answers) < len(requests)  # an answer was reused
+    assert all("url.query" not in (s.attributes or {}) for s in request_spans)
+
+
+# WSGI ----------------------------------------------------------------------------------
+
+ENVIRON: dict[str, Any] = {
+    "REQUEST_METHOD": "POST",
+    "SCRIPT_NAME": "",
+    "PATH_INFO": "/v1/chat/completions",
+    "QUERY_STRING": "",
+    "RAW_URI": "/v1/chat/completions",
+    "SERVER_NAME": "127.0.0.1",
+    "SERVER_PORT": "8000",
+    "SERVER_PROTOCOL": "HTTP/1.1",
+    "REMOTE_ADDR": "127.0.0.1",
+    "REMOTE_PORT": "50000",
+    "HTTP_HOST": "127.0.0.1:8000",
+    "HTTP_USER_AGENT": "OpenAI/Python 2.8.1",
+    "wsgi.url_scheme": "http",
+}
+
+
+def environ_variant(**changes: Any) -> dict[str, Any]:
+    environ = {**ENVIRON, **changes}
+    return {key: value for key, value in environ.items() if value is not None}
+
+
+ENVIRON_VARIANTS = {
+    "the same": environ_variant(),
+    "another method": environ_variant(REQUEST_METHOD="GET"),
+    "an odd method": environ_variant(REQUEST_METHOD="FOO"),
+    "another path": environ_variant(PATH_INFO="/v1/completions", RAW_URI="/v1/completions"),
+    "no target": environ_variant(RAW_URI=None),
+    "REQUEST_URI only": environ_variant(RAW_URI=None, REQUEST_URI="/v1/chat/completions"),
+    "another server name": environ_variant(SERVER_NAME="api.internal"),
+    "another port": environ_variant(SERVER_PORT="9000"),
+    "HTTP/1.0": environ_variant(SERVER_PROTOCOL="HTTP/1.0"),
+    "https": environ_variant(**{"wsgi.url_scheme": "https"}),
+    "another host header": environ_variant(HTTP_HOST="api.example.com"),
+    "no host header": environ_variant(HTTP_HOST=None),
+    "another user agent": environ_variant(HTTP_USER_AGENT="curl/8.5.0"),
+    "a bot's user agent": environ_variant(HTTP_USER_AGENT="Googlebot/2.1"),
+    "another client": environ_variant(REMOTE_ADDR="10.1.1.1"),
+    "another connection": environ_variant(REMOTE_PORT="50001"),
+    "a remote host name": environ_variant(REMOTE_HOST="client.example"),
+    "a query": environ_variant(QUERY_STRING="api_key=secret", RAW_URI="/v1/x?api_key=secret"),
+}
+
+
+def wsgi_middleware_() -> StreamingWSGIMiddleware:
+    return StreamingWSGIMiddleware(plain_wsgi_app, tracer_provider=NoOpTracerProvider())
+
+
+def wsgi_answer(mw: StreamingWSGIMiddleware, environ: dict[str, Any]) -> tuple[Any, ...]:
+    return wsgi_middleware._request_attributes(mw, dict(environ))
+
+
+def test_every_part_the_wsgi_attributes_depend_on_is_in_the_key() -> None:
+    warm = wsgi_middleware_()
+    wsgi_answer(warm, ENVIRON)
+    for name, environ in ENVIRON_VARIANTS.items():
+        cold = wsgi_answer(wsgi_middleware_(), environ)
+        assert wsgi_answer(warm, environ) == cold, name
+        assert wsgi_answer(warm, environ) == cold, name
+
+
+def test_wsgi_query_values_never_reach_the_attributes_nor_the_key() -> None:
+    mw = wsgi_middleware_()
+    _, attributes, _ = wsgi_answer(mw, ENVIRON_VARIANTS["a query"])
+    assert "url.query" not in attributes
+    assert all("secret" not in repr(key) for key in mw.kept_attributes.answers)
+
+
+def test_wsgi_requests_of_one_connection_each_get_their_own_attributes(
+    telemetry: Telemetry,
+) -> None:
+    """On waitress (which keeps connections alive), through one connection."""
+    app = StreamingWSGIMiddleware(plain_wsgi_app, **telemetry.providers)
+    requests = [
+        ("GET", "/plain", "agent-a"),
+        ("GET", "/plain", "agent-b"),
+        ("GET", "/sse?count=2", "agent-a"),
+        ("POST", "/plain", "agent-a"),
+        ("GET", "/plain?token=hidden", "agent-a"),
+        ("GET", "/plain", "agent-a"),
+    ]
+    with wsgi_servers.serve(app, "waitress") as url, httpx.Client(base_url=url) as client:
+        for method, path, agent in requests:
+            client.request(method, path, headers={"user-agent": agent}).read()
+        assert wait_until(lambda: len(telemetry.spans()) == len(requests) + 1)
+    request_spans = sorted(
+        (s for s in telemetry.spans() if not s.name.endswith(" stream")),
+        key=lambda s: s.start_time or 0,
+    )
+    seen = [
+        (
+            s.attributes["http.request.method"],
+            s.attributes["url.path"],
+            s.attributes["user_agent.original"],
+        )
+        for s in request_spans
+        if s.attributes is not None
+    ]
+    assert seen == [(m, p.split("?")[0], agent) for m, p, agent in requests]
+    assert len(app.kept_attributes.answers) < len(requests)  # an answer was reused
     assert all("url.query" not in (s.attributes or {}) for s in request_spans)

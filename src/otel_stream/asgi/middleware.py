@@ -67,9 +67,11 @@ from otel_stream.payloads.events import sse_chunk_has_event
 from otel_stream.recorder import Record, server_parent
 from otel_stream.server import (
     INSTRUMENTED_KEY,
+    RequestAttributes,
     ServerExchange,
     ServerMiddleware,
     finish_request_attributes,
+    hashable,
     wants_accel_buffering_header,
 )
 
@@ -133,9 +135,6 @@ class StreamingMiddleware(ServerMiddleware):
             meter_provider,
             server_request_hook,
         )
-        #: Contrib's request attributes by what they depend on (see _request_attributes).
-        self.attributes_cache: dict[tuple[Any, ...], tuple[str, dict[str, Any], dict[str, Any]]]
-        self.attributes_cache = {}
         #: Given a Starlette or FastAPI app, the work is done inside its stack.
         self.moved_inside = self._active and _move_inside(app, self)
 
@@ -229,35 +228,22 @@ def _is_disconnect_error(error: BaseException) -> bool:
     return type(error).__name__ in ("ClientDisconnect", "ClientDisconnected")
 
 
-def _request_attributes(
-    middleware: StreamingMiddleware, scope: Scope
-) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """The sanitized method, the request span's attributes and the metrics' attributes.
-
-    Contrib's ``collect_request_attributes`` costs about 9 µs a request, and gives the
-    same answer for every request of a keep-alive connection to the same path: its
-    answers are kept (see :func:`_attributes_key`), and each request gets copies.
-    """
+def _request_attributes(middleware: StreamingMiddleware, scope: Scope) -> RequestAttributes:
+    """The sanitized method, the request span's attributes and the metrics' attributes."""
     key = _attributes_key(scope)
-    known = middleware.attributes_cache.get(key) if key is not None else None
-    if known is not None:
-        method, attributes, metric_attributes = known
-        attributes = dict(attributes)
-        metric_attributes = dict(metric_attributes)
-    else:
-        attributes = collect_request_attributes(  # type: ignore[no-untyped-call]
+    kept = middleware.kept_attributes
+    answer = kept.get(key)
+    if answer is None:
+        attributes: dict[str, Any] = collect_request_attributes(  # type: ignore[no-untyped-call]
             scope, _StabilityMode.HTTP
         )
         method, metric_attributes = finish_request_attributes(
             attributes, scope.get("method"), scope.get("scheme"), scope.get("http_version")
         )
-        if key is not None:
-            cache = middleware.attributes_cache
-            if len(cache) >= _ATTRIBUTES_CACHE_SIZE:
-                cache.clear()
-            cache[key] = (method, dict(attributes), dict(metric_attributes))
+        answer = method, attributes, metric_attributes
+        kept.keep(key, answer)
     if middleware.request_headers:
-        attributes.update(
+        answer[1].update(
             collect_custom_headers_attributes(
                 cast(dict[str, Any], scope),
                 middleware.sanitize_headers,
@@ -265,22 +251,17 @@ def _request_attributes(
                 normalise_request_header_name,
             )
         )
-    return method, attributes, metric_attributes
-
-
-#: Request attributes kept, at most (a full cache is emptied: new connections refill it).
-_ATTRIBUTES_CACHE_SIZE = 512
+    return answer
 
 
 def _attributes_key(scope: Scope) -> tuple[Any, ...] | None:
-    """Everything of ``scope`` that contrib's request attributes depend on, or None.
+    """Everything of ``scope`` contrib's request attributes depend on, or None.
 
     That is the method, path, scheme, HTTP version, server and client address (a
     connection), and the first ``host`` and ``user-agent`` headers. The query string is
     left out: its only attribute, ``url.query``, is dropped (query values never reach
-    telemetry). None (no caching) for a request with a second ``host`` or
-    ``user-agent`` header, a header name that is not ``bytes``, or a value that cannot
-    be a key.
+    telemetry). None (not kept) for a request with a second ``host`` or ``user-agent``
+    header, a header name that is not ``bytes``, or a part that cannot be hashed.
     """
     host = agent = None
     for name, value in scope.get("headers") or ():
@@ -295,21 +276,18 @@ def _attributes_key(scope: Scope) -> tuple[Any, ...] | None:
             if agent is not None:
                 return None
             agent = value
-    key = (
-        scope.get("method"),
-        scope.get("path"),
-        scope.get("scheme"),
-        scope.get("http_version"),
-        scope.get("server"),
-        scope.get("client"),
-        host,
-        agent,
+    return hashable(
+        (
+            scope.get("method"),
+            scope.get("path"),
+            scope.get("scheme"),
+            scope.get("http_version"),
+            scope.get("server"),
+            scope.get("client"),
+            host,
+            agent,
+        )
     )
-    try:
-        hash(key)
-    except TypeError:  # a list for an address, a bytearray for a header value
-        return None
-    return key
 
 
 class _Responder(ServerExchange):

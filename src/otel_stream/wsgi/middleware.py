@@ -75,6 +75,7 @@ from otel_stream.server import (
     ServerExchange,
     ServerMiddleware,
     finish_request_attributes,
+    hashable,
     wants_accel_buffering_header,
 )
 from otel_stream.wsgi.routes import install_django_route_hook, route_of
@@ -162,13 +163,20 @@ def _request_attributes(
     middleware: StreamingWSGIMiddleware, environ: Environ
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The sanitized method, the request span's attributes and the metrics' attributes."""
-    attributes: dict[str, Any] = collect_request_attributes(environ, _StabilityMode.HTTP)
-    method, metric_attributes = finish_request_attributes(
-        attributes,
-        environ.get("REQUEST_METHOD"),
-        environ.get("wsgi.url_scheme"),
-        attributes.get(a.NETWORK_PROTOCOL_VERSION),
-    )
+    key = _attributes_key(environ)
+    kept = middleware.kept_attributes
+    answer = kept.get(key)
+    if answer is None:
+        attributes: dict[str, Any] = collect_request_attributes(environ, _StabilityMode.HTTP)
+        method, metric_attributes = finish_request_attributes(
+            attributes,
+            environ.get("REQUEST_METHOD"),
+            environ.get("wsgi.url_scheme"),
+            attributes.get(a.NETWORK_PROTOCOL_VERSION),
+        )
+        answer = method, attributes, metric_attributes
+        kept.keep(key, answer)
+    method, attributes, metric_attributes = answer
     if middleware.request_headers:
         headers = {
             key[5:].replace("_", "-"): value
@@ -181,6 +189,33 @@ def _request_attributes(
             )
         )
     return method, attributes, metric_attributes
+
+
+#: The environ keys contrib's WSGI request attributes read, but the query string (its only
+#: attribute, ``url.query``, is dropped) and the two targets (whether one is set is read).
+_ATTRIBUTE_KEYS = (
+    "REQUEST_METHOD",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SERVER_PROTOCOL",
+    "wsgi.url_scheme",
+    "HTTP_HOST",
+    "HTTP_USER_AGENT",
+    "PATH_INFO",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "REMOTE_HOST",
+)
+
+
+def _attributes_key(environ: Environ) -> tuple[Any, ...] | None:
+    """Everything of ``environ`` contrib's request attributes depend on (see
+    :class:`~otel_stream.server.KeptAttributes`), or None when it cannot be hashed."""
+    get = environ.get
+    target = get("RAW_URI")
+    if target is None:
+        target = get("REQUEST_URI")
+    return hashable((bool(target), *map(get, _ATTRIBUTE_KEYS)))
 
 
 def _propagation_headers(environ: Environ) -> list[tuple[bytes, bytes]]:
