@@ -18,8 +18,11 @@ How it measures (read before changing):
 * Workloads: a 1,000-chunk byte stream (the cost added per chunk is the stream's whole
   added cost, request part included, divided by its chunks); a 10-chunk byte stream,
   only to split that cost into a fixed part per stream and a part per extra chunk;
-  single-chunk responses (cost added per request); an OpenAI-style SSE stream of 1,000
-  events (role delta, content deltas, finish chunk, usage chunk, ``data: [DONE]``).
+  single-chunk responses (cost added per request), on one connection as a pooled client
+  sends them, and again each from a new connection (a client port never seen before: the
+  request attributes otel-stream keeps per connection never apply); an OpenAI-style SSE
+  stream of 1,000 events (role delta, content deltas, finish chunk, usage chunk,
+  ``data: [DONE]``).
 * Wire shapes: every stream of the test corpus (``tests/payload_corpus.py``: OpenAI,
   Azure, vLLM, SGLang, TGI, llama.cpp, Ollama, Anthropic, Responses... as those servers
   write them), about 1,000 events each, timed with the bare app, otel-stream with
@@ -58,6 +61,7 @@ import asyncio
 import gc
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -248,6 +252,9 @@ class Workload:
     requests: int
     #: The payload events the reader must count (corpus shapes), or None.
     events: int | None = None
+    #: Each request from a client port never seen before (a new connection), so nothing
+    #: kept for an earlier connection's requests applies.
+    new_connections: bool = False
 
     @property
     def chunks(self) -> int:
@@ -300,10 +307,12 @@ def byte_stream(chunks: int, requests: int) -> Workload:
     return _stream(_start(b"text/plain; charset=utf-8"), [b"x" * 64] * chunks, requests)
 
 
-def single_chunk(requests: int) -> Workload:
+def single_chunk(requests: int, new_connections: bool = False) -> Workload:
     body = json.dumps({"id": "bench", "object": "chat.completion", "choices": []}).encode()
     message = {"type": "http.response.body", "body": body, "more_body": False}
-    return Workload(_start(b"application/json"), (message,), requests)
+    return Workload(
+        _start(b"application/json"), (message,), requests, new_connections=new_connections
+    )
 
 
 def openai_events(chunks: int) -> list[bytes]:
@@ -391,13 +400,25 @@ class Result:
         return middle, statistics.median(abs(value - middle) for value in added)
 
 
-async def time_block(app: ASGIApp, requests: int) -> int:
+_client_ports = itertools.count(1)
+
+
+def scopes(requests: int, new_connections: bool) -> list[dict[str, Any]]:
+    """The scopes of one block (made before it is timed): the same connection's, or each
+    from a client port never used before."""
+    if not new_connections:
+        return [dict(SCOPE) for _ in range(requests)]
+    return [{**SCOPE, "client": ("127.0.0.1", next(_client_ports))} for _ in range(requests)]
+
+
+async def time_block(app: ASGIApp, requests: int, new_connections: bool = False) -> int:
+    block = scopes(requests, new_connections)
     gc.collect()
     gc.disable()
     try:
         started = perf_counter_ns()
-        for _ in range(requests):
-            await app(dict(SCOPE), make_receive(), discard)
+        for scope in block:
+            await app(scope, make_receive(), discard)
         await asyncio.sleep(0)  # cancelled background tasks finish inside the timing
         return perf_counter_ns() - started
     finally:
@@ -450,14 +471,16 @@ async def measure(
     result = Result()
     for row, instrumented in apps.items():
         result.spans[row] = await check(row, instrumented, providers, workload)
-        await time_block(instrumented, max(1, workload.requests // 4))  # warm-up
+        await time_block(  # warm-up
+            instrumented, max(1, workload.requests // 4), workload.new_connections
+        )
         result.ns_per_request[row] = []
         result.garbage[row] = []
     providers.flush()
     for round_index in range(rounds):
         shift = round_index % len(rows)
         for row in (*rows[shift:], *rows[:shift]):
-            elapsed = await time_block(apps[row], workload.requests)
+            elapsed = await time_block(apps[row], workload.requests, workload.new_connections)
             result.ns_per_request[row].append(elapsed / workload.requests)
             providers.flush()
             result.garbage[row].append(gc.collect() / workload.requests)
@@ -480,8 +503,8 @@ class Report:
         chunks = self.workloads[key].chunks
         return middle / chunks, spread / chunks
 
-    def per_request(self, row: str) -> tuple[float, float]:
-        middle, spread = self.results["request"].added(row)
+    def per_request(self, row: str, key: str = "request") -> tuple[float, float]:
+        middle, spread = self.results[key].added(row)
         return middle / 1_000, spread / 1_000
 
     def split(self, row: str) -> tuple[float, float]:
@@ -506,6 +529,7 @@ def cost_table(report: Report) -> list[str]:
         "middleware",
         f"per chunk, {long.chunks:,}-chunk byte stream (ns)",
         "per request, single-chunk response (µs)",
+        "per request, each on a new connection (µs)",
         f"per chunk, {sse.chunks:,}-event OpenAI SSE stream (ns)",
         "spans per stream / request",
         "cyclic garbage per stream / request (objects)",
@@ -520,16 +544,19 @@ def cost_table(report: Report) -> list[str]:
         if row == BARE:
             stream_ns = statistics.median(results["stream"].ns_per_request[BARE]) / long.chunks
             request_us = statistics.median(results["request"].ns_per_request[BARE]) / 1_000
+            fresh_us = statistics.median(results["fresh"].ns_per_request[BARE]) / 1_000
             sse_ns = statistics.median(results["sse"].ns_per_request[BARE]) / sse.chunks
             cells = [
                 f"{stream_ns:,.0f} (its own cost)",
                 f"{request_us:,.2f} (its own cost)",
+                f"{fresh_us:,.2f} (its own cost)",
                 f"{sse_ns:,.0f} (its own cost)",
             ]
         else:
             cells = [
                 _cost(report.per_chunk("stream", row), 0),
                 _cost(report.per_request(row), 2),
+                _cost(report.per_request(row, "fresh"), 2),
                 _cost(report.per_chunk("sse", row), 0),
             ]
         lines.append("| " + " | ".join([row, *cells, spans, garbage]) + " |")
@@ -575,6 +602,14 @@ def target_table(report: Report) -> list[str]:
         (
             "per request",
             report.ratio(report.per_request(OTEL_STREAM)[0], upstream_request),
+            TARGET_PER_REQUEST,
+        ),
+        (
+            "per request, each on a new connection (nothing kept applies)",
+            report.ratio(
+                report.per_request(OTEL_STREAM, "fresh")[0],
+                report.per_request(UPSTREAM_EXCLUDE, "fresh")[0],
+            ),
             TARGET_PER_REQUEST,
         ),
         (
@@ -742,6 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stream": byte_stream(args.chunks, streams),
         "short": byte_stream(short_chunks, max(1, streams * args.chunks // short_chunks // 4)),
         "request": single_chunk(requests),
+        "fresh": single_chunk(requests, new_connections=True),
         "sse": sse_stream(args.chunks, streams),
     }
     shape_workloads = {

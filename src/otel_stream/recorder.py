@@ -79,28 +79,28 @@ class Side:
     """Server or client: the prefix of the instrument names and the span kind.
 
     ``error_status``: the lowest HTTP status that marks the request span as an error
-    (5xx for a server, 4xx too for a client, as the HTTP conventions say);
-    ``backpressure``: whether the time the peer held the adapter back is measured
-    (``send_wait``: a server awaits its ``send``; a client's caller reads at will).
+    (5xx for a server, 4xx too for a client, as the HTTP conventions say).
     """
 
     prefix: str
     kind: SpanKind
     gen_ai_prefix: str
     error_status: int = 500
-    backpressure: bool = True
 
 
 SERVER: Final = Side("http.server.stream", SpanKind.SERVER, "gen_ai.server")
-CLIENT: Final = Side(
-    "http.client.stream", SpanKind.CLIENT, "gen_ai.client", error_status=400, backpressure=False
-)
+CLIENT: Final = Side("http.client.stream", SpanKind.CLIENT, "gen_ai.client", error_status=400)
 #: A client's upstream: on its smaller metrics beside the method (a server has none).
 _UPSTREAM: Final = (a.SERVER_ADDRESS, a.SERVER_PORT)
 #: Reasons whose span carries the error's class (``error.type``) and the exception.
 _ERROR_REASONS: Final = frozenset(
     {termination.APP_ERROR, termination.ERROR, termination.SERVER_DISCONNECT}
 )
+
+#: The histograms only a server records: the send wait (the time the peer held the
+#: adapter back: a server awaits its ``send``, a client's caller reads at will) and the
+#: hop (a relay's server exchange measures it).
+_SERVER_ONLY: Final = frozenset({"send_wait", "hop_time_to_first_byte"})
 
 #: (attribute of Instruments, name after the side's prefix, unit, description, buckets setting)
 _HISTOGRAMS: Final = (
@@ -258,13 +258,16 @@ class Instruments:
     chunks: Histogram
     body_size: Histogram
     max_chunk_gap: Histogram
-    send_wait: Histogram
+    send_wait: Histogram | None
     time_to_first_token: Histogram
     time_per_output_token: Histogram
-    hop_time_to_first_byte: Histogram
+    hop_time_to_first_byte: Histogram | None
 
     def __init__(self, meter: Meter, settings: Settings, side: Side = SERVER) -> None:
         for attribute, name, unit, description, bounds in _HISTOGRAMS:
+            if side is not SERVER and attribute in _SERVER_ONLY:
+                setattr(self, attribute, None)
+                continue
             histogram = meter.create_histogram(
                 f"{side.prefix}.{name}",
                 unit=unit,
@@ -583,7 +586,7 @@ class Record:
         instruments = self.instruments
         instruments.time_to_first_byte.record(at - self.started_at, self.metric_attributes)
         upstream_at = exchange.upstream_first_byte_at
-        if upstream_at is not None:
+        if upstream_at is not None and instruments.hop_time_to_first_byte is not None:
             instruments.hop_time_to_first_byte.record(
                 max(0.0, at - upstream_at), self._method_and_route()
             )
@@ -659,7 +662,7 @@ class Record:
             span_attributes[a.STREAM_CHUNKS] = exchange.chunks
             span_attributes[a.STREAM_BYTES] = exchange.bytes
             span_attributes[a.STREAM_MAX_CHUNK_GAP] = exchange.max_chunk_gap
-            if self.recorder.side.backpressure:
+            if instruments.send_wait is not None:  # a server's: see _SERVER_ONLY
                 span_attributes[a.STREAM_SEND_WAIT] = exchange.send_wait
             span_attributes[a.STREAM_TIME_TO_FIRST_BYTE] = exchange.time_to_first_byte or 0.0
             status = metric_attributes.get(a.HTTP_RESPONSE_STATUS_CODE)
@@ -677,7 +680,7 @@ class Record:
             instruments.chunks.record(exchange.chunks, with_reason)
             instruments.body_size.record(exchange.bytes, with_reason)
             instruments.max_chunk_gap.record(exchange.max_chunk_gap, small)
-            if self.recorder.side.backpressure:
+            if instruments.send_wait is not None:
                 instruments.send_wait.record(exchange.send_wait, small)
         instruments.terminations.add(1, termination_attributes)
 
