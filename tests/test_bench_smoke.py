@@ -50,10 +50,10 @@ def test_overhead_bench_prints_every_row() -> None:
     costs = table_rows(output, "| middleware | per chunk")
     assert list(costs) == list(bench.ROWS)
     for row, cells in costs.items():
-        assert len(cells) == 5, row
-        for cell in cells[:3]:
+        assert len(cells) == 6, row
+        for cell in cells[:4]:
             assert re.fullmatch(rf"{number} (± {number}|\(its own cost\))", cell), (row, cell)
-    spans_per_stream = {row: int(cells[3].split(" / ")[0]) for row, cells in costs.items()}
+    spans_per_stream = {row: int(cells[4].split(" / ")[0]) for row, cells in costs.items()}
     assert spans_per_stream[bench.BARE] == 0
     assert spans_per_stream[bench.OTEL_STREAM] == 2  # request span + stream span
     assert spans_per_stream[bench.UPSTREAM] > spans_per_stream[bench.UPSTREAM_EXCLUDE]
@@ -63,5 +63,5 @@ def test_overhead_bench_prints_every_row() -> None:
 
     targets = table_rows(output, "| otel-stream's added cost")
     verdicts = [cells[2] for label, cells in targets.items() if not label.startswith("(")]
-    assert len(verdicts) == 4
+    assert len(verdicts) == 5
     assert set(verdicts) <= {"PASS", "FAIL"}
