@@ -2,7 +2,9 @@
 
 * The upstream: the demo's fake OpenAI model (``/v1/chat/completions``, behaviour set
   by ``x-demo-*`` headers) plus a fake Anthropic ``/v1/messages`` SSE endpoint, an
-  echo of the trace headers it received, and a stream that hangs up mid-body.
+  echo of the trace headers it received, a stream that hangs up mid-body, and the
+  model again under ``/held`` with the end of its body held back until its client
+  leaves.
 * The relays: Starlette apps that call the upstream and pass its stream on, one with
   the ``openai`` SDK, one with ``httpx.AsyncClient``, one with ``aiohttp``; each
   wrapped in ``StreamingMiddleware`` when telemetry is given, for the hop.
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from otel_stream.demo.model import Behaviour, create_app
 
@@ -157,15 +160,56 @@ async def plain_chunks(request: Request) -> Response:
     return StreamingResponse(chunks(), media_type="text/plain")
 
 
+#: The longest :class:`EndHeldBack` holds a body's end when its client never leaves.
+HOLD_LIMIT = 5.0
+
+
+class EndHeldBack:
+    """An ASGI app whose responses' final body message waits until the client has left
+    (or :data:`HOLD_LIMIT` passed): every byte of the body, ``data: [DONE]`` included,
+    goes out, but the end of the HTTP body (chunked encoding's last chunk) comes only
+    after the client has gone. A client that stops reading at the end marker has then
+    certainly not read the end of the body yet.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        left = asyncio.Event()
+
+        async def watched_receive() -> Any:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                left.set()
+            return message
+
+        async def holding_send(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                if message.get("body"):
+                    await send({**message, "more_body": True})
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(left.wait(), HOLD_LIMIT)
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app(scope, watched_receive, holding_send)
+
+
 def upstream_app(behaviour: Behaviour | None = None) -> Starlette:
     """The fake model with the extra endpoints of this module."""
-    app = create_app(behaviour or Behaviour(tokens=6, ttft=0.05, token_interval=0.005))
+    behaviour = behaviour or Behaviour(tokens=6, ttft=0.05, token_interval=0.005)
+    app = create_app(behaviour)
     app.router.routes.append(Route("/v1/messages", anthropic_messages, methods=["POST"]))
     app.router.routes.append(Route("/echo", echo_trace_headers, methods=["GET", "POST"]))
     app.router.routes.append(Route("/without-done", without_done, methods=["POST"]))
     app.router.routes.append(Route("/api/chat", ollama_chat, methods=["POST"]))
     app.router.routes.append(Route("/plain", plain_chunks, methods=["GET"]))
     app.router.routes.append(Route("/pinged", pinged, methods=["GET"]))
+    app.router.routes.append(Mount("/held", app=EndHeldBack(create_app(behaviour))))
     return app
 
 
@@ -183,16 +227,25 @@ def _forwarded(request: Request) -> dict[str, str]:
     return {k: v for k, v in request.headers.items() if k.startswith("x-demo-")}
 
 
+def _model(upstream: str, request: Request) -> str:
+    """The upstream model's base URL: ``upstream``, or under the path prefix the
+    caller names in ``x-relay-upstream-prefix`` (``/held``)."""
+    return upstream + request.headers.get("x-relay-upstream-prefix", "")
+
+
 def relay_app(upstream: str) -> Starlette:
     """An OpenAI-compatible gateway that passes an upstream stream on, three ways:
     ``/openai/v1``, ``/httpx/v1`` and ``/aiohttp/v1`` are its base URLs; ``/twice/v1``
     makes a JSON call before the stream and can hold the stream back; ``/anthropic``
-    passes the Anthropic Messages API through."""
+    passes the Anthropic Messages API through. A caller's ``x-relay-upstream-prefix``
+    header picks the upstream model under that prefix (``/held``)."""
 
     async def with_openai(request: Request) -> Response:
         import openai
 
-        client = openai.AsyncOpenAI(base_url=upstream + "/v1", api_key="test", max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url=_model(upstream, request) + "/v1", api_key="test", max_retries=0
+        )
         stream = await client.chat.completions.create(
             model="demo",
             messages=[{"role": "user", "content": "hello"}],
@@ -215,7 +268,10 @@ def relay_app(upstream: str) -> Starlette:
 
         client = httpx.AsyncClient()
         upstream_request = client.build_request(
-            "POST", upstream + "/v1/chat/completions", json=CHAT_BODY, headers=_forwarded(request)
+            "POST",
+            _model(upstream, request) + "/v1/chat/completions",
+            json=CHAT_BODY,
+            headers=_forwarded(request),
         )
         response = await client.send(upstream_request, stream=True)
 
@@ -234,7 +290,9 @@ def relay_app(upstream: str) -> Starlette:
 
         session = aiohttp.ClientSession()
         response = await session.post(
-            upstream + "/v1/chat/completions", json=CHAT_BODY, headers=_forwarded(request)
+            _model(upstream, request) + "/v1/chat/completions",
+            json=CHAT_BODY,
+            headers=_forwarded(request),
         )
 
         async def body() -> AsyncIterator[bytes]:

@@ -179,3 +179,25 @@ def test_the_anthropic_client_through_a_relay(
     assert server.attributes["http.stream.upstream.time_to_first_byte"] >= TTFT
     (hop,) = telemetry.points("http.server.stream.hop.time_to_first_byte")
     assert hop.sum < TTFT / 2
+
+
+@pytest.mark.parametrize("kind", ["httpx", "aiohttp"])
+def test_a_relay_whose_caller_leaves_at_done_before_the_upstream_body_ends(
+    telemetry: Telemetry, relay: str, upstream: str, kind: str
+) -> None:
+    # The upstream holds its body's end back until the relay has gone: the relay has
+    # passed `data: [DONE]` on and waits in its next read when its caller (the openai
+    # SDK, which closes at `[DONE]`) leaves and the relay's body is cancelled.
+    answer = ask(relay, kind, **{"x-demo-ttft": "0.01", "x-relay-upstream-prefix": "/held"})
+
+    assert answer.strip().startswith("A streaming answer")
+    spans = finished(telemetry)
+    upstream_request = by_port(spans, "POST", port_of(upstream))
+    assert upstream_request.attributes["url.full"].endswith("/held/v1/chat/completions")
+    upstream_stream = by_port(spans, "POST stream", port_of(upstream))
+    # the end marker was read: the relay had the whole answer when it stopped reading
+    assert upstream_stream.attributes["http.stream.termination_reason"] == "completed"
+    assert upstream_stream.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert "error.type" not in upstream_stream.attributes
+    caller_stream = by_port(spans, "POST stream", port_of(relay))
+    assert caller_stream.attributes["http.stream.termination_reason"] == "completed"

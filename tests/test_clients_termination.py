@@ -31,6 +31,10 @@ def raised_from(error: BaseException, cause: BaseException) -> BaseException:
         (asyncio.CancelledError(), False, False, False, "consumer_closed"),
         (KeyboardInterrupt(), False, False, False, "consumer_closed"),  # Ctrl-C mid-read
         (SystemExit(), False, False, False, "consumer_closed"),
+        # a relay cancelled in its next read after passing [DONE] on: the whole answer
+        (asyncio.CancelledError(), False, False, True, "completed"),
+        (KeyboardInterrupt(), True, False, False, "completed"),  # after the body's end
+        (asyncio.CancelledError(), True, True, False, "incomplete"),
         (RemoteProtocolError(), False, False, False, "server_disconnect"),
         (ConnectionResetError(), False, False, False, "server_disconnect"),
         (

@@ -14,8 +14,8 @@ The reason is decided once, when the exchange ends, from what the middleware saw
 
 An outgoing call (the client side) ends as its caller read it (:func:`classify_client`):
 
-* ``completed``: the caller read the end of the body, or closed it after an LLM
-  format's end marker.
+* ``completed``: the caller read the end of the body, or closed it (or was cancelled or
+  stopped) after an LLM format's end marker.
 * ``consumer_closed``: the caller closed or dropped the response, or was cancelled or
   stopped (``KeyboardInterrupt``, ``SystemExit``), before the end.
 * ``server_disconnect``: the connection ended before the body did.
@@ -115,11 +115,12 @@ def classify_client(
     Without an error and before the end of the body, the caller closed the response.
     ``payload_whole`` is true when an LLM format's end marker was read: a caller that
     closes the response after it (the OpenAI SDK does, without draining the body) got
-    the whole answer.
+    the whole answer. A caller cancelled or stopped from outside stopped reading, as one
+    that closes: before the end it is ``consumer_closed``, after the end marker (a
+    relay whose own caller left at ``data: [DONE]``, cancelled while it waited for the
+    end of the upstream's body) it got the whole answer too.
     """
-    if error is not None:
-        if is_cancellation(error) or is_stop(error):  # the caller was stopped from outside
-            return CONSUMER_CLOSED
+    if error is not None and not (is_cancellation(error) or is_stop(error)):
         return SERVER_DISCONNECT if is_server_disconnect(error) else ERROR
     if not body_complete:
         return COMPLETED if payload_whole else CONSUMER_CLOSED

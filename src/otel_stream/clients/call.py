@@ -25,11 +25,13 @@ Choices made on purpose (read before "fixing"):
   (a JSON answer read whole) gets the request span only, ended when its body has been
   read, and no stream metrics.
 * **The end.** The caller read the end of the body (``completed``, or ``incomplete``
-  when an LLM format's end marker is missing); closed or dropped the response first
-  (``consumer_closed``, but ``completed`` once an LLM format's end marker was read:
-  the OpenAI SDK closes its response at ``data: [DONE]`` without draining it); the
-  connection ended before the body did (``server_disconnect``); any other failure
-  (``error``, with ``error.type``).
+  when an LLM format's end marker is missing); closed or dropped the response first,
+  or was cancelled in a read (``consumer_closed``, but ``completed`` once an LLM
+  format's end marker was read: the OpenAI SDK closes its response at ``data: [DONE]``
+  without draining it, and a relay passing that on is cancelled when its own caller
+  leaves, often while it waits for the end of the upstream's body); the connection
+  ended before the body did (``server_disconnect``); any other failure (``error``,
+  with ``error.type``).
 * **One CLIENT span.** Under another instrumentation's CLIENT span (the anthropic
   SDK's call span) or above one (contrib's httpx and aiohttp instrumentations start
   theirs inside, once per attempt), otel-stream's request span is INTERNAL and leaves
