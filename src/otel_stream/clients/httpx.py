@@ -218,13 +218,16 @@ def send_wrappers(
     """
     sync_stream, async_stream = stream_classes(module)
 
-    def send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    def begin(instance: Any, args: Any, kwargs: Any, method: str) -> ClientCall | None:
+        """The call of this ``send``, or None when it is not to be instrumented."""
         current = recorder()
         request = args[0] if args else kwargs.get("request")
         if current is None or request is None or not is_http_instrumentation_enabled():
-            return wrapped(*args, **kwargs)
-        stream = bool(kwargs.get("stream", False))
-        call = start_call(current, instance, request, stream, "handle_request")
+            return None
+        return start_call(current, instance, request, bool(kwargs.get("stream")), method)
+
+    def send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        call = begin(instance, args, kwargs, "handle_request")
         if call is None:
             return wrapped(*args, **kwargs)
         token = context.attach(call.context)  # contrib's CLIENT span becomes its child
@@ -236,7 +239,7 @@ def send_wrappers(
         finally:
             context.detach(token)
         observe_response(call, response, sync_stream)
-        if not stream:
+        if not kwargs.get("stream"):
             try:
                 response.read()
             except BaseException:
@@ -245,12 +248,7 @@ def send_wrappers(
         return response
 
     async def async_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        current = recorder()
-        request = args[0] if args else kwargs.get("request")
-        if current is None or request is None or not is_http_instrumentation_enabled():
-            return await wrapped(*args, **kwargs)
-        stream = bool(kwargs.get("stream", False))
-        call = start_call(current, instance, request, stream, "handle_async_request")
+        call = begin(instance, args, kwargs, "handle_async_request")
         if call is None:
             return await wrapped(*args, **kwargs)
         token = context.attach(call.context)  # contrib's CLIENT span becomes its child
@@ -262,7 +260,7 @@ def send_wrappers(
         finally:
             context.detach(token)
         observe_response(call, response, async_stream)
-        if not stream:
+        if not kwargs.get("stream"):
             try:
                 await response.aread()
             except BaseException:
