@@ -35,13 +35,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 import weakref
 from collections.abc import Callable, Collection, Mapping, MutableMapping
 from types import ModuleType
 from typing import Any
 
-import wrapt
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
@@ -81,10 +79,8 @@ class _State:
         self.options: dict[str, Any] = {}
         #: Run once, when the first app starts (after its lifespan startup) or gets a request.
         self.setup: Callable[[], None] | None = None
-        #: module name -> [(owner, attribute, original, wrapper)]
-        self.patched: dict[str, list[patches.Applied]] = {}
-        self.hooked: set[str] = set()
-        self.lock = threading.RLock()
+        self.patcher = patches.Patcher(lambda module: _targets_of(module), lambda: self.active)
+        self.lock = self.patcher.lock
 
 
 _state = _State()
@@ -310,27 +306,16 @@ _TARGETS: Mapping[str, tuple[tuple[str | None, str, Callable[..., Any]], ...]] =
 }
 
 
-def _patch_module(module: ModuleType) -> None:
-    """Apply the patches of ``module`` if the instrumentor is active; idempotent."""
-    name = module.__name__
-    with _state.lock:
-        if not _state.active or name in _state.patched:
-            return
-        targets = [
-            (
-                module if owner_name is None else getattr(module, owner_name, None),
-                attribute,
-                wrapper,
-            )
-            for owner_name, attribute, wrapper in _TARGETS[name]
-        ]
-        _state.patched[name] = patches.wrap(name, targets)
-
-
-def _unpatch_all() -> None:
-    with _state.lock:
-        patches.unwrap(_state.patched.values())
-        _state.patched.clear()
+def _targets_of(module: ModuleType) -> list[patches.Target]:
+    """What to wrap in ``module`` (one of ``_TARGETS``)."""
+    return [
+        (
+            module if owner_name is None else getattr(module, owner_name, None),
+            attribute,
+            wrapper,
+        )
+        for owner_name, attribute, wrapper in _TARGETS[module.__name__]
+    ]
 
 
 # Settings ---------------------------------------------------------------------------
@@ -440,17 +425,10 @@ class StreamingInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             _state.options = options
             _state.setup = setup
             _state.active = True
-            for name in _TARGETS:
-                module = sys.modules.get(name)
-                if module is not None:
-                    _patch_module(module)
-        for name in _TARGETS:
-            if name not in _state.hooked:
-                _state.hooked.add(name)
-                wrapt.register_post_import_hook(_patch_module, name)
+        _state.patcher.patch(_TARGETS)  # registers import hooks: outside the lock
 
     def _uninstrument(self, **kwargs: Any) -> None:
         with _state.lock:
             _state.active = False
             _state.setup = None
-            _unpatch_all()
+            _state.patcher.unpatch()

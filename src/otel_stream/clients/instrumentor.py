@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import threading
 from collections.abc import Callable, Collection
 from types import ModuleType
 from typing import Any
 
-import wrapt
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
@@ -56,10 +53,11 @@ class _State:
 
     def __init__(self) -> None:
         self.recorder: Recorder | None = None
-        #: module name -> [(owner, attribute, original, wrapper)]
-        self.patched: dict[str, list[patches.Applied]] = {}
-        self.hooked: set[str] = set()
-        self.lock = threading.RLock()
+        self.patcher = patches.Patcher(lambda module: _targets_of(module), self.instrumenting)
+        self.lock = self.patcher.lock
+
+    def instrumenting(self) -> bool:
+        return self.recorder is not None
 
 
 _state = _State()
@@ -90,24 +88,9 @@ _TARGETS: dict[str, Callable[[ModuleType], list[tuple[Any, str, Callable[..., An
 }
 
 
-def _patch_module(module: ModuleType) -> None:
-    """Apply the patches of ``module`` if the instrumentor is active; idempotent."""
-    name = module.__name__
-    with _state.lock:
-        if _state.recorder is None or name in _state.patched:
-            return
-        try:
-            targets = _TARGETS[name](module)
-        except Exception as error:  # an unknown version of the library
-            logger.debug("otel-stream: %s not patched (%s)", name, error)
-            targets = []
-        _state.patched[name] = patches.wrap(name, targets)
-
-
-def _unpatch_all() -> None:
-    with _state.lock:
-        patches.unwrap(_state.patched.values())
-        _state.patched.clear()
+def _targets_of(module: ModuleType) -> list[patches.Target]:
+    """What to wrap in ``module`` (one of ``_TARGETS``)."""
+    return _TARGETS[module.__name__](module)
 
 
 ENTRY_POINT = "otel_stream_client"
@@ -174,16 +157,9 @@ class StreamingClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         )
         with _state.lock:
             _state.recorder = recorder
-            for name in _TARGETS:
-                module = sys.modules.get(name)
-                if module is not None:
-                    _patch_module(module)
-        for name in _TARGETS:
-            if name not in _state.hooked:
-                _state.hooked.add(name)
-                wrapt.register_post_import_hook(_patch_module, name)
+        _state.patcher.patch(_TARGETS)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         with _state.lock:
             _state.recorder = None
-            _unpatch_all()
+            _state.patcher.unpatch()
