@@ -21,7 +21,7 @@ from time import perf_counter_ns, time_ns
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -71,6 +71,12 @@ def main() -> int:
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(_Discard(), max_queue_size=1 << 20))
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    # Exemplars off for one row: a measurement given an empty context (falsy) still takes
+    # the current one, so only the filter can leave the exemplar out.
+    no_exemplars = MeterProvider(
+        metric_readers=[InMemoryMetricReader()], exemplar_filter=AlwaysOffExemplarFilter()
+    )
+    plain_histogram = no_exemplars.get_meter("bench").create_histogram("h", unit="s")
     tracer = tracer_provider.get_tracer("bench")
     meter = meter_provider.get_meter("bench")
     histogram = meter.create_histogram("h", unit="s")
@@ -78,7 +84,6 @@ def main() -> int:
     sampled = otel_context.attach(
         trace.set_span_in_context(tracer.start_span("outer"))
     )  # a sampled span is current: exemplars are taken
-    empty = otel_context.Context()
 
     def span_with(attributes: dict[str, object]) -> Callable[[], None]:
         def run() -> None:
@@ -109,9 +114,7 @@ def main() -> int:
         "histogram record, 2 attributes, exemplar": lambda: histogram.record(0.5, METHOD_ROUTE),
         "histogram record, 3 attributes, exemplar": lambda: histogram.record(0.5, WITH_REASON),
         "histogram record, 6 attributes, exemplar": lambda: histogram.record(0.5, FULL),
-        "histogram record, 6 attributes, no exemplar": lambda: histogram.record(
-            0.5, FULL, context=empty
-        ),
+        "histogram record, 6 attributes, no exemplar": lambda: plain_histogram.record(0.5, FULL),
         "counter add, 6 attributes, exemplar": lambda: counter.add(1, FULL),
     }
     results: dict[str, list[float]] = {name: [] for name in cases}
@@ -154,6 +157,15 @@ def main() -> int:
     print(
         f"\nSDK work of one stream (2 spans, 6 histogram values, 1 counter): {stream:.1f} µs"
         f"\nSDK work of one single-message response (1 span, 1 value, 1 counter): {single:.1f} µs"
+    )
+    exemplar = (
+        median["histogram record, 6 attributes, exemplar"]
+        - median["histogram record, 6 attributes, no exemplar"]
+    )
+    print(
+        f"Of each measurement taken in a sampled span, the exemplar is {exemplar:.2f} µs "
+        f"({7 * exemplar:.1f} µs of a stream's 7); OTEL_METRICS_EXEMPLAR_FILTER=always_off "
+        "leaves them out"
     )
     return 0
 
