@@ -5,42 +5,17 @@ real streams ending in every way docs/architecture.md names."""
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from dashboards import live
 
+from tests.dashboards_support import Scraped, check_every_query
+
 pytestmark = pytest.mark.slow
 
-WINDOW = "30s"  # $__rate_interval: longer than the whole run, so every rate() sees it all
 REASONS = {"completed", "client_disconnect", "app_error", "cancelled", "incomplete"}
-
-
-@dataclass
-class Scraped:
-    prometheus: live.Prometheus
-    service: live.Service
-
-    def variables(self, route: str | None) -> dict[str, str]:
-        picked = {
-            "job": live.JOB,
-            "instance": self.service.metrics_target.replace(".", "\\\\."),
-            "route": route,
-        }
-        everything = {"job": ".*", "instance": ".*", "route": ".*"}
-        chosen = picked if route is not None else everything
-        return {**chosen, "__rate_interval": WINDOW, "__interval": "1s", "__range": WINDOW}
-
-    def values(self, expr: str, variables: dict[str, str]) -> list[float]:
-        result = self.prometheus.query(live.substitute(expr, variables))
-        return [float(sample["value"][1]) for sample in result]
-
-    def label_values(self, expr: str, label: str) -> set[str]:
-        result = self.prometheus.query(live.substitute(expr, self.variables(None)))
-        return {sample["metric"].get(label, "") for sample in result}
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +35,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         prometheus.wait_until(total, first, timeout=30)
         second = asyncio.run(live.wave(service.url, hop=service.hop))
         prometheus.wait_until(total, first + second, timeout=30)
-        yield Scraped(prometheus, service)
-
-
-def check_every_query(scraped: Scraped, dashboard: str, route: str) -> int:
-    board = live.load_dashboards()[dashboard]
-    queries = live.panel_queries(board)
-    empty = []
-    for variables in (scraped.variables(None), scraped.variables(route)):
-        for query in queries:
-            values = scraped.values(query.expr, variables)
-            if not any(math.isfinite(value) for value in values):
-                empty.append(f"{query.title} {query.ref_id} ({variables['route']}): {values}")
-    assert not empty, "panel queries without data:\n" + "\n".join(empty)
-    return len(queries)
+        yield Scraped(prometheus, service.metrics_target)
 
 
 def test_every_streaming_overview_query_returns_data(scraped: Scraped) -> None:

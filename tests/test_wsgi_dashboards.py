@@ -7,11 +7,9 @@ which needs a relayed upstream stream, is left out.)"""
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,37 +20,13 @@ from dashboards import live
 
 from otel_stream import StreamingWSGIMiddleware
 from tests import wsgi_apps
+from tests.dashboards_support import Scraped, check_every_query
 from tests.wsgi_servers import open_raw, reset, serve
 
 pytestmark = pytest.mark.slow
 
-WINDOW = "30s"
 #: Every reason but ``cancelled``: a WSGI app runs in a thread nobody cancels.
 REASONS = {"completed", "client_disconnect", "app_error", "incomplete"}
-
-
-@dataclass
-class Scraped:
-    prometheus: live.Prometheus
-    metrics_target: str
-
-    def variables(self, route: str | None) -> dict[str, str]:
-        picked = {
-            "job": live.JOB,
-            "instance": self.metrics_target.replace(".", "\\\\."),
-            "route": route or "",
-        }
-        everything = {"job": ".*", "instance": ".*", "route": ".*"}
-        chosen = picked if route is not None else everything
-        return {**chosen, "__rate_interval": WINDOW, "__interval": "1s", "__range": WINDOW}
-
-    def values(self, expr: str, variables: dict[str, str]) -> list[float]:
-        result = self.prometheus.query(live.substitute(expr, variables))
-        return [float(sample["value"][1]) for sample in result]
-
-    def label_values(self, expr: str, label: str) -> set[str]:
-        result = self.prometheus.query(live.substitute(expr, self.variables(None)))
-        return {sample["metric"].get(label, "") for sample in result}
 
 
 def flask_service() -> Any:
@@ -180,30 +154,13 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
 RELAY_SERIES = ("http_client_stream_", "http_server_stream_hop_")
 
 
-def check_every_query(scraped: Scraped, dashboard: str, route: str) -> int:
-    board = live.load_dashboards()[dashboard]
-    queries = [
-        query
-        for query in live.panel_queries(board)
-        if not any(series in query.expr for series in RELAY_SERIES)
-    ]
-    empty = []
-    for variables in (scraped.variables(None), scraped.variables(route)):
-        for query in queries:
-            values = scraped.values(query.expr, variables)
-            if not any(math.isfinite(value) for value in values):
-                empty.append(f"{query.title} {query.ref_id} ({variables['route']}): {values}")
-    assert not empty, "panel queries without data:\n" + "\n".join(empty)
-    return len(queries)
-
-
 def test_every_streaming_overview_query_returns_data(scraped: Scraped) -> None:
     assert check_every_query(scraped, "streaming-overview", "/v1/events") >= 20
 
 
 def test_every_llm_streams_query_returns_data(scraped: Scraped) -> None:
     """Every query but the hop row's (a relay's series)."""
-    assert check_every_query(scraped, "llm-streams", "/v1/chat/completions") >= 12
+    assert check_every_query(scraped, "llm-streams", "/v1/chat/completions", RELAY_SERIES) >= 12
 
 
 def test_the_panels_show_how_the_wsgi_streams_ended(scraped: Scraped) -> None:
