@@ -64,3 +64,22 @@ class Telemetry:
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
+
+
+def span_tree(spans: list[ReadableSpan]) -> list[str]:
+    """``name (KIND, scope)`` lines, indented under their parent, children by start time."""
+    ids = {span.context.span_id for span in spans}
+    children: dict[int | None, list[ReadableSpan]] = {}
+    for span in sorted(spans, key=lambda s: (s.start_time or 0, s.name)):
+        parent = span.parent.span_id if span.parent and span.parent.span_id in ids else None
+        children.setdefault(parent, []).append(span)
+    lines: list[str] = []
+
+    def walk(parent: int | None, depth: int) -> None:
+        for span in children.get(parent, []):
+            scope = span.instrumentation_scope.name if span.instrumentation_scope else ""
+            lines.append(f"{'  ' * depth}{span.name} ({span.kind.name}, {scope})")
+            walk(span.context.span_id, depth + 1)
+
+    walk(None, 0)
+    return lines

@@ -16,7 +16,6 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.responses import StreamingResponse as FastAPIStreamingResponse
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as ContribASGIMiddleware
-from opentelemetry.sdk.trace import ReadableSpan
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.opentelemetry import OpenTelemetryMiddleware as StarletteOTelMiddleware
@@ -27,6 +26,7 @@ from starlette.routing import Route
 from otel_stream import StreamingInstrumentor, StreamingMiddleware
 from tests.servers import serve, wait_until
 from tests.telemetry_harness import Telemetry
+from tests.telemetry_harness import span_tree as tree
 
 ROUTE = "GET /chat/{room}"
 
@@ -59,25 +59,6 @@ def fastapi_app(**options: Any) -> FastAPI:
         return FastAPIStreamingResponse(tokens(), media_type="text/event-stream")
 
     return app
-
-
-def tree(spans: list[ReadableSpan]) -> list[str]:
-    """``name (KIND, scope)`` lines, indented under their parent, children by start time."""
-    ids = {span.context.span_id for span in spans}
-    children: dict[int | None, list[ReadableSpan]] = {}
-    for span in sorted(spans, key=lambda s: (s.start_time or 0, s.name)):
-        parent = span.parent.span_id if span.parent and span.parent.span_id in ids else None
-        children.setdefault(parent, []).append(span)
-    lines: list[str] = []
-
-    def walk(parent: int | None, depth: int) -> None:
-        for span in children.get(parent, []):
-            scope = span.instrumentation_scope.name if span.instrumentation_scope else ""
-            lines.append(f"{'  ' * depth}{span.name} ({span.kind.name}, {scope})")
-            walk(span.context.span_id, depth + 1)
-
-    walk(None, 0)
-    return lines
 
 
 def trace_of(

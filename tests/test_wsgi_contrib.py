@@ -17,12 +17,12 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as ContribWSGIMiddleware
-from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_stream import StreamingInstrumentor, StreamingWSGIMiddleware
 from tests import wsgi_apps
 from tests.servers import wait_until
 from tests.telemetry_harness import Telemetry
+from tests.telemetry_harness import span_tree as tree
 from tests.wsgi_servers import serve
 
 needs_flask_instrumentation = pytest.mark.skipif(
@@ -33,25 +33,6 @@ needs_django_instrumentation = pytest.mark.skipif(
     importlib.util.find_spec("opentelemetry.instrumentation.django") is None,
     reason="opentelemetry-instrumentation-django is not installed",
 )
-
-
-def tree(spans: list[ReadableSpan]) -> list[str]:
-    """``name (KIND, scope)`` lines, indented under their parent, children by start time."""
-    ids = {span.context.span_id for span in spans}
-    children: dict[int | None, list[ReadableSpan]] = {}
-    for span in sorted(spans, key=lambda s: (s.start_time or 0, s.name)):
-        parent = span.parent.span_id if span.parent and span.parent.span_id in ids else None
-        children.setdefault(parent, []).append(span)
-    lines: list[str] = []
-
-    def walk(parent: int | None, depth: int) -> None:
-        for span in children.get(parent, []):
-            scope = span.instrumentation_scope.name if span.instrumentation_scope else ""
-            lines.append(f"{'  ' * depth}{span.name} ({span.kind.name}, {scope})")
-            walk(span.context.span_id, depth + 1)
-
-    walk(None, 0)
-    return lines
 
 
 def served_trace(app: Any, telemetry: Telemetry, target: str, spans: int) -> list[str]:
