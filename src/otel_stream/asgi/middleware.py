@@ -385,15 +385,17 @@ class _Responder(ServerExchange):
                 self.send_raised(error, at, message)
                 raise
             sent_at = perf_counter()
-            body = message.get("body", b"")
+            body = message.get("body")
             if body:
                 state.chunk(at, sent_at, len(body))
             else:
                 state.empty_send(at, sent_at)
-            if not message.get("more_body", False):
+            if not message.get("more_body"):
                 self.body_ended(at, sent_at)  # before reading: it may forgive a late leave
-            if body and self.reader is not None and not state.peer_left:
-                self.reader.feed(body)
+            if body:
+                reader = self.reader
+                if reader is not None and not state.peer_left:
+                    reader.feed(body)
             return
         await self.send_other(message)
 
