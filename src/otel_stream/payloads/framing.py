@@ -5,7 +5,44 @@ Choices made on purpose (read before "fixing"):
 * **Nothing is copied in the common case.** A chunk that holds whole events is only
   scanned (``bytes.find``); the bytes of an unfinished event are kept as a list of
   pieces, joined once when the event completes, never concatenated per chunk.
-@@TAILDOC@@
+* **Tail mode: after the first token, only the end of a stream is read.** Per event,
+  even a byte scan in Python costs more than a whole span of other instrumentation, and
+  once the first token is known what the summary still needs lives at the end of a
+  stream: finish reasons, usage, the end marker, an error. So the reader that has read
+  the first token (with nothing half-read but an unfinished event: no ``\r`` pending, no
+  oversized event) turns into its tail-mode class (``_SseTail``, ``_NdjsonTail``; its
+  class is swapped, so no per-chunk flag is tested). Each chunk is then only appended
+  to a list and its size taken off the batch's room; once the batch holds more than
+  ``BATCH_BYTES``, it is joined, its line ends are counted
+  (``len(block) - len(block.replace(b"\n", b""))``: memchr speed; ``bytes.count`` and
+  any multi-byte search are several times slower) and the block joins the window. The
+  window keeps at least ``WINDOW_BYTES`` before the start of the last event and the last
+  event whole, up to ``WINDOW_BYTES + max_event_bytes`` in all; beyond that the last
+  event's first 4 KiB are saved and it is read at the end as an oversized event (its
+  saved head and the window's end). ``finish()`` frames and reads the events that start
+  in the window's last ``WINDOW_BYTES`` (and the last event), from an event boundary,
+  with the same interpreter: it already holds the format, model and first token. Memory
+  in tail mode: one batch of chunk references, the window, a 4 KiB saved head.
+* **What tail mode misses, on purpose** (each proved by a test in
+  ``tests/test_payloads_tail.py``): whatever only an event before the window's end
+  says, namely the finish reason of a choice (``n`` > 1) that finished well before the
+  others; an error reported mid-stream when the stream then went on (an error that ends
+  the stream is read); an end-of-stream event that starts more than ``WINDOW_BYTES``
+  before the last event (a huge finish chunk followed by a usage chunk); and a model
+  named only in events after the first token (as before). Usage and end markers are
+  read whenever they are in the last events, as every format writes them.
+* **Tail mode counts events from line ends.** ``http.stream.events`` after the switch
+  is the number of line ends divided by the line ends of the last event read before it
+  (2 for ``data: ...\n\n``, 3 with an ``event:`` line; 1 for NDJSON), rounded to the
+  nearest whole event, minus those of an unfinished last event. That is exact for every
+  server's stream in the test corpus, whatever the chunking, since each writes every
+  event with the same lines; it is approximate when later events have other lines:
+  a comment-only event (``: ping``) counts as ``2/k`` of an event (one in a stream of
+  ``data:`` lines), an ``id:`` or ``retry:`` line or a multi-line ``data`` adds ``1/k``,
+  and a blank or whitespace-only NDJSON line counts as a line. A stream that ends lines
+  with a lone ``\r`` is never read in tail mode (its line ends would not be counted).
+  Before the switch, and for streams whose format is not recognised or that carry no
+  token, every event is read and counted exactly, as before.
 * **Bounded memory.** An event longer than ``max_event_bytes`` is not buffered: its first
   4 KiB and its last 16 KiB (at most ``max_event_bytes`` each) are kept and everything
   between is dropped until the event ends. The event still counts, and the interpreter
@@ -35,9 +72,10 @@ _TAIL_BYTES = 16384
 _BOM = b"\xef\xbb\xbf"
 
 #: Tail mode: at least this many bytes of events before the last one are read at the end.
-WINDOW_BYTES = 4096
-#: Tail mode: chunks gathered before they are joined, counted and added to the window.
-BATCH_CHUNKS = 32
+WINDOW_BYTES = 2048
+#: Tail mode: bytes of chunks gathered before they are joined, counted and added to the
+#: window.
+BATCH_BYTES = 16384
 
 _LF = 10
 _CR = 13
@@ -86,10 +124,11 @@ class _Reader:
     """
 
     __slots__ = (
+        "aligned",
         "at_switch",
         "batch",
+        "batch_room",
         "blocks",
-        "edge",
         "error",
         "evicted",
         "head",
@@ -135,6 +174,7 @@ class _Reader:
         # Tail mode (see ``tail``).
         self.at_switch = 0  # events the interpreter had counted at the switch
         self.batch: list[bytes] = []  # chunks not yet joined into a block
+        self.batch_room = BATCH_BYTES  # bytes the batch may still take
         self.blocks: deque[bytes] = deque()  # the window: the last joined batches
         self.total = 0  # bytes in ``blocks``
         self.seq = 0  # number of the newest block
@@ -143,10 +183,10 @@ class _Reader:
         #: the switch: SSE events are counted as line ends divided by it.
         self.per_event = 1
         self.needle = b""  # what ends an event (or line) in the raw bytes
-        self.edge = b""  # the last bytes of the newest block, for a split ``needle``
         self.start_seq = 0  # the block where the last event begins, and where in it
         self.start_at = 0
-        self.evicted = False  # a block was dropped: the window starts inside an event
+        self.evicted = False  # a block was dropped: the window may start inside an event
+        self.aligned = False  # the last block dropped ended an event: the window does not
         self.saved: bytes | None = None  # first bytes of an event begun before the window
         self.saved_end = 0  # the block where that event ended (0: not yet)
 
@@ -224,9 +264,10 @@ class _Reader:
         held now, if any, becomes the start of the window."""
         self.at_switch = self.interpreter.events
         self.batch = [b"".join(self.pieces)] if self.pieces else []
+        self.batch_room = BATCH_BYTES - self.held
         self.pieces = []
         self.held = 0
-        self.needle = self.edge = needle  # the window starts where an event starts
+        self.needle = needle  # the window starts where an event starts
         self.start_seq = 1
         self.start_at = 0
 
@@ -236,28 +277,32 @@ class _Reader:
         whole unless it outgrows ``max_event_bytes`` (then only its first bytes)."""
         seq = self.seq = self.seq + 1
         needle = self.needle
-        size = len(needle)
+        blocks = self.blocks
         at = block.rfind(needle, 0, len(block) - 1)  # a boundary that is not the last byte
         if at >= 0:
-            self.start_seq, self.start_at = seq, at + size
-        else:  # a boundary split between the last block and this one
-            edge = self.edge
-            at = (edge + block[: size - 1]).rfind(needle)
-            if at >= 0 and at + size - len(edge) < len(block):
-                self.start_seq, self.start_at = seq, at + size - len(edge)
-        if self.saved is not None and not self.saved_end and (at >= 0 or block.endswith(needle)):
-            self.saved_end = seq  # the event whose first bytes were saved has ended
-        self.edge = (self.edge + block)[-size:] if len(block) < size else block[-size:]
-        blocks = self.blocks
+            self.start_seq = seq
+            self.start_at = at + len(needle)
+            if self.saved is not None and not self.saved_end:
+                self.saved_end = seq  # the event whose first bytes were saved has ended
+        else:  # a boundary split between the last block and this one, or none
+            edge = blocks[-1][-len(needle) :] if blocks else needle
+            at = (edge + block[: len(needle) - 1]).rfind(needle)
+            start = at + len(needle) - len(edge)
+            if at >= 0 and start < len(block):
+                self.start_seq = seq
+                self.start_at = start
+            if (
+                self.saved is not None
+                and not self.saved_end
+                and (at >= 0 or block.endswith(needle))
+            ):
+                self.saved_end = seq
         blocks.append(block)
         total = self.total + len(block)
-        first = seq - len(blocks) + 1
-        while len(blocks) > 1:
-            rest = total - len(blocks[0])
-            if rest < WINDOW_BYTES:
-                break
+        while len(blocks) > 1 and total - len(blocks[0]) >= WINDOW_BYTES:
+            first = seq - len(blocks) + 1
             if first == self.start_seq:  # the last event begins in the oldest block
-                if rest < WINDOW_BYTES + self.max_event_bytes:
+                if total - len(blocks[0]) < WINDOW_BYTES + self.max_event_bytes:
                     break
                 saved = blocks[0][self.start_at :]
                 if len(saved) < self.head_bytes:
@@ -266,9 +311,9 @@ class _Reader:
                 self.saved_end = seq if block.endswith(needle) else 0
             elif self.saved is not None and self.saved_end and first >= self.saved_end:
                 self.saved = None  # its end is dropped too: the window starts after it
-            blocks.popleft()
-            total = rest
-            first += 1
+            oldest = blocks.popleft()
+            self.aligned = oldest.endswith(needle)
+            total -= len(oldest)
             self.evicted = True
         self.total = total
 
@@ -487,9 +532,9 @@ class _Tail(_Reader):
 
     def feed(self, chunk: bytes) -> None:
         """Gather one body chunk; never raises."""
-        batch = self.batch
-        batch.append(chunk)
-        if len(batch) >= BATCH_CHUNKS:
+        self.batch.append(chunk)
+        self.batch_room -= len(chunk)
+        if self.batch_room < 0:
             self.flush()
 
     def flush(self) -> None:
@@ -499,6 +544,7 @@ class _Tail(_Reader):
         try:
             block = b"".join(self.batch)
             self.batch = []
+            self.batch_room = BATCH_BYTES
             # Deleting one byte value runs at memchr speed; ``count`` is several times
             # slower (and a multi-byte ``count``, such as of data lines, slower still).
             self.lines += len(block) - len(block.replace(b"\n", b""))
@@ -530,7 +576,7 @@ class _SseTail(_Tail, SseReader):
             else:
                 self.oversized(saved, window[: at + 1][-self.tail_bytes :])
                 window = window[at + len(_EVENT_END) :]
-        elif self.evicted:  # the window starts inside an event: from the next one on
+        elif self.evicted and not self.aligned:  # it starts inside an event: skip it
             at = window.find(_EVENT_END)
             window = window[at + len(_EVENT_END) :] if at >= 0 else b""
         self.after_cr = self.skipping = False
@@ -641,7 +687,7 @@ class _NdjsonTail(_Tail, NdjsonReader):
             else:
                 self.oversized(saved, window[:at][-self.tail_bytes :])
                 window = window[at + 1 :]
-        elif self.evicted:  # the window starts inside a line: from the next one on
+        elif self.evicted and not self.aligned:  # it starts inside a line: skip it
             at = window.find(b"\n")
             window = window[at + 1 :] if at >= 0 else b""
         self.skipping = False
