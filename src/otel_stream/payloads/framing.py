@@ -170,25 +170,10 @@ class _Reader:
         self.window = b""  # last bytes of the oversized event seen so far
         #: The exception that stopped this reader, if one did.
         self.error: Exception | None = None
-        self.may_tail = tail
-        # Tail mode (see ``tail``).
-        self.at_switch = 0  # events the interpreter had counted at the switch
-        self.batch: list[bytes] = []  # chunks not yet joined into a block
-        self.batch_room = BATCH_BYTES  # bytes the batch may still take
-        self.blocks: deque[bytes] = deque()  # the window: the last joined batches
-        self.total = 0  # bytes in ``blocks``
-        self.seq = 0  # number of the newest block
-        self.lines = 0  # line ends counted since the switch
+        self.may_tail = tail  # the state of tail mode is set by ``tail``
         #: Line ends per event (its blank line included) of the last event read before
-        #: the switch: SSE events are counted as line ends divided by it.
+        #: the switch: tail mode counts events as line ends divided by it.
         self.per_event = 1
-        self.needle = b""  # what ends an event (or line) in the raw bytes
-        self.start_seq = 0  # the block where the last event begins, and where in it
-        self.start_at = 0
-        self.evicted = False  # a block was dropped: the window may start inside an event
-        self.aligned = False  # the last block dropped ended an event: the window does not
-        self.saved: bytes | None = None  # first bytes of an event begun before the window
-        self.saved_end = 0  # the block where that event ended (0: not yet)
 
     @property
     def first_token_at(self) -> float | None:
@@ -262,14 +247,25 @@ class _Reader:
 
         ``needle`` ends an event (or line) in the raw bytes to come; the unfinished event
         held now, if any, becomes the start of the window."""
-        self.at_switch = self.interpreter.events
+        self.at_switch = self.interpreter.events  # events counted one by one
+        #: The chunks not yet joined into a block, and the bytes they may still take.
         self.batch = [b"".join(self.pieces)] if self.pieces else []
         self.batch_room = BATCH_BYTES - self.held
         self.pieces = []
         self.held = 0
-        self.needle = needle  # the window starts where an event starts
+        self.blocks: deque[bytes] = deque()  # the window: the last blocks
+        self.total = 0  # bytes in ``blocks``
+        self.seq = 0  # number of the newest block
+        self.lines = 0  # line ends counted since the switch
+        self.needle = needle  # what ends an event (or line) in the raw bytes
+        # Where the last event begins: its block's number and offset (the window begins
+        # with an event).
         self.start_seq = 1
         self.start_at = 0
+        self.evicted = False  # a block was dropped: the window may start inside an event
+        self.aligned = False  # the last block dropped ended an event: the window does not
+        self.saved: bytes | None = None  # first bytes of an event begun before the window
+        self.saved_end = 0  # the block where that event ended (0: not yet)
 
     def keep(self, block: bytes) -> None:
         """Add ``block`` to the window, then drop the oldest blocks the window can spare:
@@ -340,6 +336,7 @@ class SseReader(_Reader):
         self.after_cr = False  # the last chunk ended with \r: a leading \n belongs to it
         self.clean = False  # nothing pending from earlier chunks: one-event paths may run
         self.crlf = False  # a \r\n line end was seen
+        self.per_event = 2  # "data: ...\n\n", until an event says otherwise
         self.lone_cr = False  # a lone \r line end was seen: tail mode would miscount it
 
     def feed(self, chunk: bytes) -> None:
