@@ -159,11 +159,15 @@ def test_tail_mode_misses_an_end_event_that_starts_long_before_the_last_event() 
     assert (tailed.input_tokens, tailed.output_tokens, tailed.truncated) == (12, 3, False)
 
 
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
 @pytest.mark.parametrize("size", [700, 64 * 1024])
-def test_a_last_event_larger_than_the_window_is_read_as_an_oversized_event(size: int) -> None:
+def test_a_last_event_larger_than_the_window_is_read_as_an_oversized_event(
+    size: int, line_end: bytes
+) -> None:
     """``response.completed`` repeats the answer: past ``max_event_bytes`` it is read from
     its saved first bytes and the window's end, as in full reading."""
     chunks = streams.openai_responses(["word " * 20_000], usage=(50, 20_000))
+    chunks = [chunk.replace(b"\n", line_end) for chunk in chunks]
     chunks = chunks[:3] + resplit(chunks[3:], size)
     for limit in (4096, 64 * 1024):
         summary = read(chunks, limit=limit)
