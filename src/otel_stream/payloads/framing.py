@@ -9,12 +9,12 @@ Choices made on purpose (read before "fixing"):
   even a byte scan in Python costs more than a whole span of other instrumentation, and
   once the first token is known what the summary still needs lives at the end of a
   stream: finish reasons, usage, the end marker, an error. So the reader that has read
-  the first token (with nothing half-read but an unfinished event: no ``\r`` pending, no
+  the first token (with nothing half-read but an unfinished event: no ``\\r`` pending, no
   oversized event) turns into its tail-mode class (``_SseTail``, ``_NdjsonTail``; its
   class is swapped, so no per-chunk flag is tested). Each chunk is then only appended
   to a list and its size taken off the batch's room; once the batch holds more than
   ``BATCH_BYTES``, it is joined, its line ends are counted
-  (``len(block) - len(block.replace(b"\n", b""))``: memchr speed; ``bytes.count`` and
+  (``len(block) - len(block.replace(b"\\n", b""))``: memchr speed; ``bytes.count`` and
   any multi-byte search are several times slower) and the block joins the window. The
   window keeps at least ``WINDOW_BYTES`` before the start of the last event and the last
   event whole, up to ``WINDOW_BYTES + max_event_bytes`` in all; beyond that the last
@@ -33,14 +33,14 @@ Choices made on purpose (read before "fixing"):
   read whenever they are in the last events, as every format writes them.
 * **Tail mode counts events from line ends.** ``http.stream.events`` after the switch
   is the number of line ends divided by the line ends of the last event read before it
-  (2 for ``data: ...\n\n``, 3 with an ``event:`` line; 1 for NDJSON), rounded to the
+  (2 for ``data: ...\\n\\n``, 3 with an ``event:`` line; 1 for NDJSON), rounded to the
   nearest whole event, minus those of an unfinished last event. That is exact for every
   server's stream in the test corpus, whatever the chunking, since each writes every
   event with the same lines; it is approximate when later events have other lines:
   a comment-only event (``: ping``) counts as ``2/k`` of an event (one in a stream of
   ``data:`` lines), an ``id:`` or ``retry:`` line or a multi-line ``data`` adds ``1/k``,
   and a blank or whitespace-only NDJSON line counts as a line. A stream that ends lines
-  with a lone ``\r`` is never read in tail mode (its line ends would not be counted).
+  with a lone ``\\r`` is never read in tail mode (its line ends would not be counted).
   Before the switch, and for streams whose format is not recognised or that carry no
   token, every event is read and counted exactly, as before.
 * **Bounded memory.** An event longer than ``max_event_bytes`` is not buffered: its first
