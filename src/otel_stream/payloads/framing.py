@@ -22,7 +22,10 @@ Choices made on purpose (read before "fixing"):
   saved head and the window's end). ``finish()`` frames and reads the events that start
   in the window's last ``WINDOW_BYTES`` (and the last event), from an event boundary,
   with the same interpreter: it already holds the format, model and first token. Memory
-  in tail mode: one batch of chunk references, the window, a 4 KiB saved head.
+  in tail mode: the batch (references to chunks: ``BATCH_BYTES`` and one chunk), the
+  window (``WINDOW_BYTES``, the last event up to ``max_event_bytes``, and the newest
+  block, which is never dropped: one batch, or one chunk larger than ``BATCH_BYTES``,
+  referenced, not copied) and a 4 KiB saved head.
 * **What tail mode misses, on purpose** (each proved by a test in
   ``tests/test_payloads_tail.py``): whatever only an event before the window's end
   says, namely the finish reason of a choice (``n`` > 1) that finished well before the
