@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -109,35 +110,21 @@ def test_every_shape_decodes_a_few_events_not_every_event(
     assert len(decoded) <= 6, [event[:60] for event in decoded]
 
 
-def plain_shape_hits(shape: corpus.Shape) -> int:
-    """Chunks an SSE reader counted by their learned shape, without cutting them."""
-    reader = make_reader(shape.content_type, 64 * 1024, lambda: 0.0)
-    hits = 0
-    for chunk in shape.chunks:
-        fast = getattr(reader, "fast", None)
-        if fast is not None and fast is not False and fast.matches(chunk):
-            hits += 1
-        assert reader is not None
-        reader.feed(chunk)
-    return hits
-
-
-@pytest.mark.parametrize(
-    "name",
-    [name for name in SHAPES if corpus.SHAPES[name](1).content_type == corpus.SSE],
-)
-def test_plain_events_of_every_sse_shape_but_coalesced_ones_are_counted_by_shape(
-    name: str,
-) -> None:
+@pytest.mark.parametrize("name", SHAPES)
+def test_every_shape_switches_to_tail_mode_at_its_first_token(name: str) -> None:
+    """The cost claim of tail mode: after the chunk that carries the first token, no
+    event of any shape is cut or read until the end."""
     shape = corpus.SHAPES[name](300)
-    hits = plain_shape_hits(shape)
-    if name == "several-events-per-chunk":
-        assert hits == 0  # four events to a chunk: cut, then matched event by event
-    else:
-        assert hits >= 300 * 0.9, hits  # TGI's and Ollama's "created" ticks: relearned
+    reader = make_reader(shape.content_type, 64 * 1024, lambda: 0.0)
+    assert reader is not None
+    for number, chunk in enumerate(shape.chunks):
+        tailing = reader.tailing  # type: ignore[attr-defined]
+        assert tailing is (number > shape.first_token_chunk), number
+        reader.feed(chunk)
+    assert reader.finish() == replace(expected(shape), first_token_at=0.0)
 
 
-# What a learned shape must never hide --------------------------------------------------
+# What byte scans must never hide -----------------------------------------------------
 
 
 def vllm_delta(text: str) -> bytes:
@@ -159,7 +146,7 @@ def test_a_second_choice_finishing_inside_a_plain_looking_chunk_is_read() -> Non
     assert summary.events == shape.events + 1
 
 
-def test_escapes_in_the_text_keep_a_chunk_plain_and_an_escaped_quote_cannot_close_it() -> None:
+def test_escapes_in_the_text_are_text_and_an_escaped_quote_cannot_close_it() -> None:
     shape = corpus.vllm(5)
     escaped = [
         vllm_delta(text) for text in ('say \\"hi\\"', "line\\nbreak", "\\u00e9t\\u00e9", "\\\\")
@@ -168,8 +155,6 @@ def test_escapes_in_the_text_keep_a_chunk_plain_and_an_escaped_quote_cannot_clos
     assert read(chunks, shape.content_type) == expected(shape).__class__(
         **{**expected(shape).__dict__, "events": shape.events + len(escaped)}
     )
-    hits = plain_shape_hits(corpus.Shape(**{**shape.__dict__, "chunks": tuple(chunks)}))
-    assert hits >= len(escaped) + 2  # escapes are text: the learned shape still holds
 
 
 def test_a_raw_line_break_in_the_text_cannot_hide_an_end_marker() -> None:

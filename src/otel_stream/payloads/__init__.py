@@ -1,8 +1,9 @@
 """Readers of LLM wire formats passing through a streaming response (SSE, NDJSON).
 
 The middleware feeds each body chunk to a reader as it passes; the reader never holds
-more than a bounded tail of an unfinished event, and never raises on bad input. When the
-stream ends, ``finish()`` returns a :class:`PayloadSummary`.
+more than a bounded tail of the stream, and never raises on bad input. Until the first
+token it reads every event; after it, only the end of the stream (tail mode, see
+``framing``). When the stream ends, ``finish()`` returns a :class:`PayloadSummary`.
 
 ``framing`` cuts the bytes into events (SSE) or lines (NDJSON); ``formats`` recognises
 OpenAI chat completions, OpenAI Responses, Anthropic messages and Ollama payloads and

@@ -19,10 +19,10 @@ Choices made on purpose (read before "fixing"):
   ``chat`` decides with byte scans that do not depend on the encoder's spelling: every
   ``"finish_reason"`` must be followed by ``:null`` or ``: null`` (or be absent, as
   gateways that leave nulls out write it), every ``"usage"`` likewise, and ``"error"``
-  must not occur. Such an event is counted and flagged ``plain``, so the framing can
-  learn its shape and count the next ones without calling this module at all (see
-  ``framing``). Anthropic and Responses text deltas are recognised by their leading
-  ``type``, an Ollama line by its trailing ``"done":false}``.
+  must not occur. Such an event is only counted. Anthropic and Responses text deltas
+  are recognised by their leading ``type``, an Ollama line by its trailing
+  ``"done":false}``. (Once the first token is known, the framing stops handing events
+  over one by one and reads only the end of the stream: see ``framing``.)
 * **What is not read, on purpose.** Two things the scans can miss, each tested: an
   Ollama line that ends ``"done":false}`` but carries an ``error`` key (Ollama reports
   errors in a line of their own, ``{"error": ...}``); and a model named only in events
@@ -104,8 +104,6 @@ _FINISH_REASON = b'"finish_reason"'
 _USAGE = b'"usage"'
 _NULL_VALUES = (b":null", b": null")
 _ERROR = b'"error"'
-#: The keys whose value may change a chat summary after the first token.
-CHAT_KEYS_THAT_MATTER = (_FINISH_REASON, _USAGE, _ERROR)
 _TYPE_ERROR = re.compile(rb'"type"\s*:\s*"error"')
 _DELTA_TYPE_END = b'.delta"'
 _MESSAGE_TYPE = b'"message_'
@@ -117,22 +115,6 @@ _RESPONSES_TEXT_DELTA = (
 _ANTHROPIC_TEXT_DELTA = (b'{"type":"content_block_delta"', b'{"type": "content_block_delta"')
 _OLLAMA_NOT_DONE = (b'"done":false}', b'"done": false}')
 _OLLAMA_DONE_SET = re.compile(rb'"done"\s*:\s*[^\sf]')
-_OBJECT_START = b"{"
-
-# What ``plain_head`` looks for: a leading type (Anthropic, Responses), else the string
-# value that carries a chat delta's text.
-_TYPE_VALUE_START = (b'{"type":"', b'{"type": "')
-_QUOTE = b'"'
-_TEXT_VALUES = tuple(
-    key + separator
-    for key in (b'"content"', b'"text"', b'"reasoning_content"', b'"reasoning"')
-    for separator in (b':"', b': "')
-)
-#: The inside of a JSON string with no escape and no raw line break (the common text):
-#: one character class, the fast case of the regular-expression engine.
-PLAIN_TEXT = re.compile(rb'[^"\\\r\n]*')
-#: The inside of any JSON string with no raw line break.
-JSON_TEXT = re.compile(rb'[^"\\\r\n]*(?:\\[^\r\n][^"\\\r\n]*)*')
 
 # Regular expressions for the first and last bytes of oversized events.
 _TYPE_VALUE = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.\-]{1,64})"')
@@ -175,24 +157,6 @@ def chat_may_matter(data: bytes) -> bool:
     it, whatever the encoder's spelling (``:`` or ``: ``, nulls written or left out).
     """
     return _non_null(data, _FINISH_REASON) or _non_null(data, _USAGE) or data.rfind(_ERROR) >= 0
-
-
-def plain_head(data: bytes) -> tuple[int, bool]:
-    """Where the varying part of a plain event begins, and whether it is a JSON string.
-
-    A typed event (Anthropic, Responses) is plain by its type: its head runs to the end
-    of the type value and nothing after it needs checking (``False``). A chat event's
-    head runs to the start of its text (``content``, legacy ``text``, reasoning), a
-    string the framing must see closed (``True``). ``-1`` when there is neither.
-    """
-    for prefix in _TYPE_VALUE_START:  # compact or spaced (json.dumps' default)
-        if data.startswith(prefix):
-            return data.find(_QUOTE, len(prefix)) + 1, False
-    for needle in _TEXT_VALUES:
-        at = data.find(needle)
-        if at >= 0:
-            return at + len(needle), True
-    return -1, False
 
 
 def _text(value: object) -> bool:
@@ -300,7 +264,6 @@ class Interpreter:
         "model",
         "operation",
         "output_tokens",
-        "plain",
         "reasons",
         "unrecognised",
     )
@@ -320,10 +283,6 @@ class Interpreter:
         self.ended = False
         #: Called with the data of every event; replaced once the format is known.
         self.handle: Callable[[bytes], None] = self.detect
-        #: Set when the event just handled was found, by byte scans, unable to change the
-        #: summary: the framing may learn its shape (``plain_head``) and count the next
-        #: ones of the same shape itself. The framing clears it.
-        self.plain = False
 
     def summary(self) -> PayloadSummary:
         reasons = tuple(self.reasons[index] for index in sorted(self.reasons))
@@ -457,8 +416,6 @@ class Interpreter:
             self.ended = True
         elif self.first_token_at is None or chat_may_matter(data):
             self.chat_object(_loads(data))
-        elif data.startswith(_OBJECT_START):
-            self.plain = True
 
     def chat_object(self, obj: Any) -> None:
         if not isinstance(obj, dict):
@@ -491,10 +448,7 @@ class Interpreter:
         if self.first_token_at is None:
             if data.rfind(_DELTA_TYPE_END) < 0 and not _responses_may_end(data):
                 return
-        elif data.startswith(_RESPONSES_TEXT_DELTA):
-            self.plain = True
-            return
-        elif not _responses_may_end(data):
+        elif data.startswith(_RESPONSES_TEXT_DELTA) or not _responses_may_end(data):
             return
         self.responses_object(_loads(data))
 
@@ -537,7 +491,6 @@ class Interpreter:
         self.events += 1
         if data.startswith(_ANTHROPIC_TEXT_DELTA):
             if self.first_token_at is not None:
-                self.plain = True
                 return
         elif data.rfind(_MESSAGE_TYPE) < 0 and data.rfind(_ERROR) < 0:
             return

@@ -5,28 +5,47 @@ Choices made on purpose (read before "fixing"):
 * **Nothing is copied in the common case.** A chunk that holds whole events is only
   scanned (``bytes.find``); the bytes of an unfinished event are kept as a list of
   pieces, joined once when the event completes, never concatenated per chunk.
-* **Plain events are recognised by their shape.** Once the first token is known, most
-  events of a stream cannot change the summary, and they are all alike: the same bytes
-  before the text, the text, the same bytes after it (at most a few values change:
-  OpenAI's ``obfuscation`` padding, llama.cpp's ``timings``, a ``created`` that ticks).
-  When ``formats`` finds, by byte scans, that an event cannot change the summary,
-  ``SseReader`` learns its shape (``_PlainShape``): the bytes up to its text (the
-  ``data:`` line, an ``event:`` line before it, the JSON up to the text value) and, for
-  chat chunks, the bytes from the text's closing quote to the end. A later chunk that
-  starts with that head, ends with that tail, and whose text between them is the inside
-  of a JSON string on one line (no unescaped quote, no raw line break) has the JSON
-  structure of the event the shape was learned from, so it cannot change the summary
-  either: it is counted without being cut or read, with two comparisons and one
-  regular-expression match (inlined in ``feed``). When tails differ, only what they
-  share before and after the varying part is kept; the varying part must then be the
-  inside of a string too (OpenAI's padding), or else hold no ``"finish_reason"``,
-  ``"usage"`` or ``"error"`` key at all, nor a line break (llama.cpp's ``timings``). For
-  Anthropic and Responses text deltas the head runs to the end of the event's ``type``,
-  which alone says the event is a text delta; the rest only has to be one line. A chunk
-  that does not match goes the ordinary way, which learns its shape if it is plain. A
-  chunk of several events is cut as usual and each event matched against a shape
-  learned from such events (``block_shape``). This is exact, not an approximation: a
-  matching chunk differs from a plain event only inside a string.
+* **Tail mode: after the first token, only the end of a stream is read.** Per event,
+  even a byte scan in Python costs more than a whole span of other instrumentation, and
+  once the first token is known what the summary still needs lives at the end of a
+  stream: finish reasons, usage, the end marker, an error. So the reader that has read
+  the first token (with nothing half-read but an unfinished event: no ``\\r`` pending, no
+  oversized event) turns into its tail-mode class (``_SseTail``, ``_NdjsonTail``; its
+  class is swapped, so no per-chunk flag is tested). Each chunk is then only appended
+  to a list and its size taken off the batch's room; once the batch holds more than
+  ``BATCH_BYTES``, it is joined, its line ends are counted
+  (``len(block) - len(block.replace(b"\\n", b""))``: memchr speed; ``bytes.count`` and
+  any multi-byte search are several times slower) and the block joins the window. The
+  window keeps at least ``WINDOW_BYTES`` before the start of the last event and the last
+  event whole, up to ``WINDOW_BYTES + max_event_bytes`` in all; beyond that the last
+  event's first 4 KiB are saved and it is read at the end as an oversized event (its
+  saved head and the window's end). ``finish()`` frames and reads the events that start
+  in the window's last ``WINDOW_BYTES`` (and the last event), from an event boundary,
+  with the same interpreter: it already holds the format, model and first token. Memory
+  in tail mode: the batch (references to chunks: ``BATCH_BYTES`` and one chunk), the
+  window (``WINDOW_BYTES``, the last event up to ``max_event_bytes``, and the newest
+  block, which is never dropped: one batch, or one chunk larger than ``BATCH_BYTES``,
+  referenced, not copied) and a 4 KiB saved head.
+* **What tail mode misses, on purpose** (each proved by a test in
+  ``tests/test_payloads_tail.py``): whatever only an event before the window's end
+  says, namely the finish reason of a choice (``n`` > 1) that finished well before the
+  others; an error reported mid-stream when the stream then went on (an error that ends
+  the stream is read); an end-of-stream event that starts more than ``WINDOW_BYTES``
+  before the last event (a huge finish chunk followed by a usage chunk); and a model
+  named only in events after the first token (as before). Usage and end markers are
+  read whenever they are in the last events, as every format writes them.
+* **Tail mode counts events from line ends.** ``http.stream.events`` after the switch
+  is the number of line ends divided by the line ends of the last event read before it
+  (2 for ``data: ...\\n\\n``, 3 with an ``event:`` line; 1 for NDJSON), rounded to the
+  nearest whole event, minus those of an unfinished last event. That is exact for every
+  server's stream in the test corpus, whatever the chunking, since each writes every
+  event with the same lines; it is approximate when later events have other lines:
+  a comment-only event (``: ping``) counts as ``2/k`` of an event (one in a stream of
+  ``data:`` lines), an ``id:`` or ``retry:`` line or a multi-line ``data`` adds ``1/k``,
+  and a blank or whitespace-only NDJSON line counts as a line. A stream that ends lines
+  with a lone ``\\r`` is never read in tail mode (its line ends would not be counted).
+  Before the switch, and for streams whose format is not recognised or that carry no
+  token, every event is read and counted exactly, as before.
 * **Bounded memory.** An event longer than ``max_event_bytes`` is not buffered: its first
   4 KiB and its last 16 KiB (at most ``max_event_bytes`` each) are kept and everything
   between is dropped until the event ends. The event still counts, and the interpreter
@@ -45,29 +64,26 @@ Choices made on purpose (read before "fixing"):
 
 from __future__ import annotations
 
-import re
+from collections import deque
 from collections.abc import Callable
 
-from otel_stream.payloads.formats import (
-    CHAT_KEYS_THAT_MATTER,
-    JSON_TEXT,
-    OLLAMA,
-    PLAIN_TEXT,
-    Interpreter,
-    plain_head,
-)
+from otel_stream.payloads.formats import Interpreter
 from otel_stream.payloads.summary import PayloadSummary
 
 _HEAD_BYTES = 4096
 _TAIL_BYTES = 16384
 _BOM = b"\xef\xbb\xbf"
 
+#: Tail mode: at least this many bytes of events before the last one are read at the end.
+WINDOW_BYTES = 2048
+#: Tail mode: bytes of chunks gathered before they are joined, counted and added to the
+#: window.
+BATCH_BYTES = 16384
+
 _LF = 10
 _CR = 13
 _SPACE = 32
 _COLON = 58
-_QUOTE = 34
-_BACKSLASH = 92
 _DATA = b"data"
 _DATA_FIELD = b"data:"
 _DATA_FIELD_WITH_SPACE = b"data: "
@@ -77,189 +93,75 @@ _EVENT_END_CRLF = b"\r\n\r\n"
 #: From the end of a one-line ``data: ...\r\n\r\n`` event: its first ``\r`` and ``\n``.
 _CRLF_FIRST_CR_BACK = len(_EVENT_END_CRLF)
 _CRLF_FIRST_LF_BACK = len(_EVENT_END_CRLF) - 1
-_OLLAMA_NOT_DONE_LINES = (b'"done":false}\n', b'"done": false}\n')
 
 
-def _shared_start(first: bytes, second: bytes) -> int:
-    """How many leading bytes ``first`` and ``second`` have in common."""
-    low, high = 0, min(len(first), len(second))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if first[:middle] == second[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
+def _lf(data: bytes) -> bytes:
+    """``data`` with SSE's ``\\r\\n`` and lone ``\\r`` line ends written ``\\n``."""
+    if data.find(b"\r") < 0:
+        return data
+    return data.replace(_CRLF, b"\n").replace(b"\r", b"\n")
 
 
-_FINISH_REASON_KEY, _USAGE_KEY, _ERROR_KEY = CHAT_KEYS_THAT_MATTER
-_plain_text = PLAIN_TEXT.fullmatch
-_plain_text_match = PLAIN_TEXT.match
-_json_text_match = JSON_TEXT.match
-_json_text = JSON_TEXT.fullmatch
-
-
-def _text_end(chunk: bytes, start: int) -> int:
-    """Where the JSON string whose inside starts at ``start`` ends (its closing quote,
-    if it has one on this line)."""
-    end = _plain_text_match(chunk, start).end()  # type: ignore[union-attr]
-    if end < len(chunk) and chunk[end] == _BACKSLASH:
-        end = _json_text_match(chunk, start).end()  # type: ignore[union-attr]
-    return end
-
-
-class _PlainShape:
-    """The bytes every plain event of one stream shares, learned from one of them.
-
-    Args:
-        head: The chunk's bytes up to where it starts to vary: its text value (chat), or
-            the end of its ``type`` (typed formats).
-        tail: For chat events, the bytes from the text's closing quote to the end of the
-            chunk (its line end included); None for typed formats.
-        line_end: The event's blank-line ending (``\\n\\n`` or ``\\r\\n\\r\\n``).
-    """
-
-    __slots__ = (
-        "after",
-        "before",
-        "cr_back",
-        "exact",
-        "head",
-        "lf_back",
-        "line_end",
-        "rest_back",
-        "tail",
-        "text_and_hole",
-        "text_at",
-    )
-
-    def __init__(self, head: bytes, tail: bytes | None, line_end: bytes) -> None:
-        self.head = head
-        self.text_at = len(head)
-        self.tail = tail  # while it is exact: every event so far ended with these bytes
-        #: ``(head, tail, text_at, len(tail))`` while the tail is exact, for ``feed``.
-        self.exact = None if tail is None else (head, tail, self.text_at, len(tail))
-        self.line_end = line_end
-        # Where, back from the end of a chunk, its first line feed and carriage return
-        # (-1: none) must be.
-        self.lf_back = len(line_end) - line_end.find(b"\n")
-        self.cr_back = len(line_end) - line_end.find(b"\r") if b"\r" in line_end else -1
-        # Once two events' tails differed: what they share before and after the part
-        # that varies (the hole), whether the hole is inside a JSON string, and how far
-        # back from the hole checks for a finish reason, usage or error must start.
-        self.before = b""
-        self.after = b""
-        #: For a hole inside a string: the whole test after the head, as one ``fullmatch``.
-        self.text_and_hole: Callable[[bytes, int], re.Match[bytes] | None] | None = None
-        self.rest_back = 0
-
-    def matches(self, chunk: bytes) -> bool:
-        """Whether ``chunk`` is one event of this shape (it cannot change the summary).
-
-        ``SseReader.feed`` runs the exact-tail case inlined. One frame for every case:
-        this runs for nearly every event of a stream."""
-        if not chunk.startswith(self.head):
-            return False
-        size = len(chunk)
-        text_at = self.text_at
-        tail = self.tail
-        if tail is not None:  # only the text may differ from the learned event
-            text_end = size - len(tail)
-            return (
-                text_end >= text_at
-                and chunk.endswith(tail)
-                and (
-                    _plain_text(chunk, text_at, text_end) is not None
-                    or _json_text(chunk, text_at, text_end) is not None
-                )
-            )
-        before = self.before
-        text_and_hole = self.text_and_hole
-        if text_and_hole is not None:  # text, shared bytes, a varying string, shared bytes
-            return text_and_hole(chunk, text_at) is not None
-        if before:  # a chat tail with a varying part (a hole) that is not a string
-            # The text ends where ``before`` (it starts with the closing quote) must start.
-            close = _plain_text_match(chunk, text_at).end()  # type: ignore[union-attr]
-            if close < size and chunk[close] == _BACKSLASH:  # an escape: the slower reading
-                close = _json_text_match(chunk, text_at).end()  # type: ignore[union-attr]
-            hole = close + len(before)
-            hole_end = size - len(self.after)
-            if hole_end < hole or not chunk.startswith(before, close):
-                return False
-            if not chunk.endswith(self.after):
-                return False
-            # Not a string (llama.cpp's timings): no key that may matter, null or not,
-            # may be in it; one that is sends the chunk the ordinary way.
-            start = hole - self.rest_back
-            if (
-                chunk.rfind(_FINISH_REASON_KEY, start) >= 0
-                or chunk.rfind(_USAGE_KEY, start) >= 0
-                or chunk.rfind(_ERROR_KEY, start) >= 0
-            ):
-                return False
-        else:  # typed: the type decides; the rest must be this one line
-            start = text_at
-        # One line from ``start`` to the line end.
-        if chunk.find(_LF, start) != size - self.lf_back:
-            return False
-        cr = chunk.find(_CR, start)
-        cr_back = self.cr_back
-        return (cr < 0 if cr_back < 0 else cr == size - cr_back) and chunk.endswith(self.line_end)
-
-    def narrow(self, tail: bytes) -> None:
-        """Keep of the tail only what it shares with ``tail``, another event's."""
-        old = self.tail if self.tail is not None else self.before + b"\x00" + self.after
-        if tail == old:
-            return
-        before = old[: _shared_start(old, tail)]
-        room = min(len(old), len(tail)) - len(before)
-        shared_end = min(_shared_start(old[::-1], tail[::-1]), room)
-        after = old[len(old) - shared_end :]
-        if not before or not after.endswith(self.line_end):
-            self.head = b"\x00"  # nothing to go by: match no chunk until relearned
-            self.exact = None
-            return
-        self.tail = self.exact = None
-        self.before = before
-        self.after = after
-        # A string that varies (OpenAI's obfuscation padding) is checked as a string;
-        # anything else is scanned. Whatever looks like a finish reason, usage or error
-        # starts with a quoted key: scans start at the last-but-one quote before the
-        # hole, so one that straddles its start is still seen.
-        self.text_and_hole = None
-        if before.endswith(b'"') and after.startswith(b'"'):  # the hole is a string's inside
-            # One regular expression for all of it: a third of the calls of the pieces.
-            text = JSON_TEXT.pattern
-            pattern = text + re.escape(before) + text + re.escape(after)
-            self.text_and_hole = re.compile(pattern).fullmatch
-        last = before.rfind(b'"')
-        previous = before.rfind(b'"', 0, last) if last > 0 else -1
-        self.rest_back = len(before) - previous if previous >= 0 else len(before)
+def _last_part(window: bytes, end: bytes) -> bytes:
+    """The end of ``window`` worth reading: the events (``end``-separated) that start in
+    its last ``WINDOW_BYTES``, and always the whole last one."""
+    if len(window) <= WINDOW_BYTES:
+        return window
+    cut = window.find(end, len(window) - WINDOW_BYTES)
+    last = window.rfind(end, 0, len(window) - 1)
+    if cut < 0 or cut > last:
+        cut = last
+    return window[cut + len(end) :] if cut >= 0 else window
 
 
 class _Reader:
-    """What SSE and NDJSON readers share: the held tail and the oversized-event state.
+    """What SSE and NDJSON readers share: the held tail, the oversized-event state and
+    the state of tail mode.
 
     Args:
         max_event_bytes: The longest event (or line) that is decoded; longer ones are
             skipped with bounded memory.
         clock: The clock whose value marks the first token.
+        tail: Whether the reader switches to tail mode once the first token is known
+            (off only in tests, to compare against reading every event).
     """
 
     __slots__ = (
+        "aligned",
+        "at_switch",
+        "batch",
+        "batch_room",
+        "blocks",
         "error",
+        "evicted",
         "head",
         "head_bytes",
         "held",
         "interpreter",
+        "lines",
         "max_event_bytes",
+        "may_tail",
+        "needle",
+        "per_event",
         "pieces",
+        "saved",
+        "saved_end",
+        "seq",
         "skipping",
+        "start_at",
+        "start_seq",
         "tail_bytes",
+        "total",
         "window",
     )
 
-    def __init__(self, max_event_bytes: int, clock: Callable[[], float]) -> None:
+    #: True once the reader reads only the end of the stream (its class is then the
+    #: tail-mode class).
+    tailing = False
+
+    def __init__(
+        self, max_event_bytes: int, clock: Callable[[], float], *, tail: bool = True
+    ) -> None:
         self.interpreter = Interpreter(clock)
         self.max_event_bytes = max(1, max_event_bytes)
         self.head_bytes = min(_HEAD_BYTES, self.max_event_bytes)
@@ -271,6 +173,10 @@ class _Reader:
         self.window = b""  # last bytes of the oversized event seen so far
         #: The exception that stopped this reader, if one did.
         self.error: Exception | None = None
+        self.may_tail = tail  # the state of tail mode is set by ``tail``
+        #: Line ends per event (its blank line included) of the last event read before
+        #: the switch: tail mode counts events as line ends divided by it.
+        self.per_event = 1
 
     @property
     def first_token_at(self) -> float | None:
@@ -337,65 +243,133 @@ class _Reader:
         self.head = self.window = b""
         self.oversized(head, tail)
 
+    # Tail mode ---------------------------------------------------------------------------
+
+    def tail(self, needle: bytes) -> None:
+        """Switch to tail mode: from now on chunks are only gathered and counted.
+
+        ``needle`` ends an event (or line) in the raw bytes to come; the unfinished event
+        held now, if any, becomes the start of the window."""
+        self.at_switch = self.interpreter.events  # events counted one by one
+        #: The chunks not yet joined into a block, and the bytes they may still take.
+        self.batch = [b"".join(self.pieces)] if self.pieces else []
+        self.batch_room = BATCH_BYTES - self.held
+        self.pieces = []
+        self.held = 0
+        self.blocks: deque[bytes] = deque()  # the window: the last blocks
+        self.total = 0  # bytes in ``blocks``
+        self.seq = 0  # number of the newest block
+        self.lines = 0  # line ends counted since the switch
+        self.needle = needle  # what ends an event (or line) in the raw bytes
+        # Where the last event begins: its block's number and offset (the window begins
+        # with an event).
+        self.start_seq = 1
+        self.start_at = 0
+        self.evicted = False  # a block was dropped: the window may start inside an event
+        self.aligned = False  # the last block dropped ended an event: the window does not
+        self.saved: bytes | None = None  # first bytes of an event begun before the window
+        self.saved_end = 0  # the block where that event ended (0: not yet)
+
+    def keep(self, block: bytes) -> None:
+        """Add ``block`` to the window, then drop the oldest blocks the window can spare:
+        it keeps ``WINDOW_BYTES`` before the start of the last event, and the last event
+        whole unless it outgrows ``max_event_bytes`` (then only its first bytes)."""
+        seq = self.seq = self.seq + 1
+        needle = self.needle
+        blocks = self.blocks
+        at = block.rfind(needle, 0, len(block) - 1)  # a boundary that is not the last byte
+        if at >= 0:
+            self.start_seq = seq
+            self.start_at = at + len(needle)
+            if self.saved is not None and not self.saved_end:
+                self.saved_end = seq  # the event whose first bytes were saved has ended
+        else:  # a boundary split between the last block and this one, or none
+            edge = blocks[-1][-len(needle) :] if blocks else needle
+            at = (edge + block[: len(needle) - 1]).rfind(needle)
+            start = at + len(needle) - len(edge)
+            if at >= 0 and start < len(block):
+                self.start_seq = seq
+                self.start_at = start
+            if (
+                self.saved is not None
+                and not self.saved_end
+                and (at >= 0 or block.endswith(needle))
+            ):
+                self.saved_end = seq
+        blocks.append(block)
+        total = self.total + len(block)
+        while len(blocks) > 1 and total - len(blocks[0]) >= WINDOW_BYTES:
+            first = seq - len(blocks) + 1
+            if first == self.start_seq:  # the last event begins in the oldest block
+                if total - len(blocks[0]) < WINDOW_BYTES + self.max_event_bytes:
+                    break
+                saved = blocks[0][self.start_at :]
+                if len(saved) < self.head_bytes:
+                    saved += blocks[1][: self.head_bytes]
+                self.saved = saved[: self.head_bytes]
+                self.saved_end = seq if block.endswith(needle) else 0
+            elif self.saved is not None and self.saved_end and first >= self.saved_end:
+                self.saved = None  # its end is dropped too: the window starts after it
+            oldest = blocks.popleft()
+            self.aligned = oldest.endswith(needle)
+            total -= len(oldest)
+            self.evicted = True
+        self.total = total
+
+    def stop_tailing(self, error: Exception) -> None:
+        """A failure in tail mode: keep it and take back the reading class, which reads
+        nothing once ``error`` is set."""
+        self.failed(error)
+        self.batch = []
+        self.blocks.clear()
+        self.__class__ = _FULL[type(self)]
+
 
 class SseReader(_Reader):
     """Reads ``text/event-stream`` bodies: one ``data`` per event to the interpreter."""
 
-    __slots__ = ("after_cr", "block_shape", "bom", "clean", "fast", "shape", "started")
+    __slots__ = ("after_cr", "bom", "clean", "crlf", "lone_cr", "started")
 
-    def __init__(self, max_event_bytes: int, clock: Callable[[], float]) -> None:
-        super().__init__(max_event_bytes, clock)
+    def __init__(
+        self, max_event_bytes: int, clock: Callable[[], float], *, tail: bool = True
+    ) -> None:
+        super().__init__(max_event_bytes, clock, tail=tail)
         self.started = False  # the first bytes were checked for a byte order mark
         self.bom = b""
         self.after_cr = False  # the last chunk ended with \r: a leading \n belongs to it
         self.clean = False  # nothing pending from earlier chunks: one-event paths may run
-        self.shape: _PlainShape | None = None  # the plain events' shape, once learned
-        self.fast: _PlainShape | None = None  # ``shape`` while nothing is pending
-        #: The plain events' shape as ``read`` cuts them (``data: ...\n``), for chunks of
-        #: several events.
-        self.block_shape: _PlainShape | None = None
+        self.crlf = False  # a \r\n line end was seen
+        self.per_event = 2  # "data: ...\n\n", until an event says otherwise
+        self.lone_cr = False  # a lone \r line end was seen: tail mode would miscount it
 
     def feed(self, chunk: bytes) -> None:
         """Read one body chunk; never raises.
 
-        A chunk that is one plain event of the learned shape is only counted. Otherwise
-        a chunk that is exactly one event whose only data line is its last line
-        (``data: ...\\n\\n``, optionally after ``event:``/``id:`` lines), the shape
-        nearly every LLM server sends, is read without being cut; anything else goes
-        through ``read``.
+        A chunk that is exactly one event whose only data line is its last line
+        (``data: ...\\n\\n``, optionally after ``event:``/``id:`` lines), the shape nearly
+        every LLM server sends, is read without being cut; anything else goes through
+        ``read``. Once the first token is known, the reader switches to tail mode.
         """
-        fast = self.fast
-        if fast is not None and type(chunk) is bytes:
-            exact = fast.exact
-            if exact is None:
-                if fast.matches(chunk):
-                    self.interpreter.events += 1
-                    return
-            else:  # the common case, inlined: only the text differs from the learned event
-                head, tail, text_at, tail_size = exact
-                text_end = len(chunk) - tail_size
-                if (
-                    chunk.startswith(head)
-                    and text_end >= text_at
-                    and chunk.endswith(tail)
-                    and (
-                        _plain_text(chunk, text_at, text_end) is not None
-                        or _json_text(chunk, text_at, text_end) is not None
-                    )
-                ):
-                    self.interpreter.events += 1
-                    return
         if self.error is not None:
             return
         try:
-            if not (self.clean and type(chunk) is bytes and self.one_event(chunk)):
-                self.read(chunk if type(chunk) is bytes else bytes(chunk))
+            if type(chunk) is not bytes:
+                chunk = bytes(chunk)
+            if not (self.clean and self.one_event(chunk)):
+                self.read(chunk)
                 self.clean = self.started and not (self.after_cr or self.skipping or self.pieces)
-            self.fast = self.shape if self.clean else None
+            if (
+                self.may_tail
+                and self.interpreter.first_token_at is not None
+                and self.started
+                and not (self.after_cr or self.skipping or self.lone_cr)
+            ):
+                # What ends an event in the raw bytes to come ("\r\n\r\n" holds "\n\r\n").
+                self.tail(b"\n\r\n" if self.crlf else _EVENT_END)
+                self.__class__ = _SseTail
         except Exception as error:
             self.failed(error)
             self.clean = False
-            self.shape = self.fast = self.block_shape = None
 
     def one_event(self, chunk: bytes) -> bool:
         """Read ``chunk`` if it is one event with its data on its last line; else False."""
@@ -412,7 +386,9 @@ class SseReader(_Reader):
             start = len(_DATA_FIELD)
             if chunk[start] == _SPACE:
                 start += 1
-            self.dispatch(chunk, start, size - len(_EVENT_END_CRLF))
+            self.crlf = True
+            self.per_event = 2
+            self.interpreter.handle(chunk[start : size - len(_EVENT_END_CRLF)])
             return True
         if not chunk.endswith(_EVENT_END):
             return False
@@ -426,38 +402,9 @@ class SseReader(_Reader):
         start = line + len(_DATA_FIELD)
         if chunk[start] == _SPACE:
             start += 1
-        self.dispatch(chunk, start, size - len(_EVENT_END))
+        self.per_event = chunk.count(b"\n", 0, line) + 2
+        self.interpreter.handle(chunk[start : size - len(_EVENT_END)])
         return True
-
-    def dispatch(self, chunk: bytes, start: int, end: int) -> None:
-        """Hand the data ``chunk[start:end]`` of a one-event chunk to the interpreter, and
-        learn the shape of the chunk if the interpreter found it plain."""
-        interpreter = self.interpreter
-        interpreter.plain = False
-        data = chunk[start:end]
-        interpreter.handle(data)
-        if interpreter.plain:
-            interpreter.plain = False
-            self.shape = self.learned(self.shape, chunk, start, data, chunk[end:])
-
-    def learned(
-        self, shape: _PlainShape | None, chunk: bytes, start: int, data: bytes, line_end: bytes
-    ) -> _PlainShape | None:
-        """``shape`` updated with ``chunk``, a plain event whose data begins at ``start``."""
-        text_at, is_text = plain_head(data)
-        if text_at < 0:
-            return shape
-        head = chunk[: start + text_at]
-        if not is_text:
-            return _PlainShape(head, None, line_end)
-        close = _text_end(chunk, len(head))
-        if close >= len(chunk) or chunk[close] != _QUOTE:
-            return shape  # the text holds a raw line break: not a model to learn
-        tail = chunk[close:]
-        if shape is not None and shape.head == head and shape.line_end == line_end:
-            shape.narrow(tail)
-            return shape
-        return _PlainShape(head, tail, line_end)
 
     def read(self, data: bytes) -> None:
         if not self.started:
@@ -473,10 +420,14 @@ class SseReader(_Reader):
             self.after_cr = False
             if data.startswith(b"\n"):
                 data = data[1:]
+            else:
+                self.lone_cr = True
         if data.find(_CR) >= 0:
             self.after_cr = data.endswith(b"\r")
+            self.crlf = self.crlf or data.find(_CRLF) >= 0
             data = data.replace(_CRLF, b"\n")
             if data.find(_CR) >= 0:
+                self.lone_cr = self.lone_cr or data.find(_CR, 0, len(data) - 1) >= 0
                 data = data.replace(b"\r", b"\n")
         if not data:
             return
@@ -497,12 +448,7 @@ class SseReader(_Reader):
                 end = find(_LF, end + 1)
                 continue
             if end > start:
-                block = data[start : end + 1]
-                shape = self.block_shape  # several events to a chunk: their own shape
-                if shape is not None and shape.matches(block):
-                    self.interpreter.events += 1
-                else:
-                    self.block(block)
+                self.block(data[start : end + 1])
             start = end + len(_EVENT_END)
             end = find(_LF, start)
         if start < size:
@@ -553,13 +499,8 @@ class SseReader(_Reader):
             value_start = start + len(_DATA_FIELD)
             if block[value_start] == _SPACE:
                 value_start += 1
-            interpreter = self.interpreter
-            interpreter.plain = False
-            data = block[value_start:-1]
-            interpreter.handle(data)
-            if interpreter.plain:
-                interpreter.plain = False
-                self.block_shape = self.learned(self.block_shape, block, value_start, data, b"\n")
+            self.per_event = block.count(b"\n", 0, start) + 2
+            self.interpreter.handle(block[value_start:-1])
             return
         values = []
         for line in block.split(b"\n"):
@@ -572,6 +513,7 @@ class SseReader(_Reader):
                         line[len(_DATA_FIELD_WITH_SPACE if with_space else _DATA_FIELD) :]
                     )
         if values:
+            self.per_event = block.count(b"\n") + 1
             self.interpreter.handle(b"\n".join(values))
 
     def oversized(self, head: bytes, tail: bytes) -> None:
@@ -582,49 +524,96 @@ class SseReader(_Reader):
         self.pieces = []  # an event without its blank line is not dispatched
 
 
+class _Tail(_Reader):
+    """Tail mode's reading of chunks, the same for SSE and NDJSON."""
+
+    __slots__ = ()
+    tailing = True
+
+    def feed(self, chunk: bytes) -> None:
+        """Gather one body chunk; never raises."""
+        self.batch.append(chunk)
+        self.batch_room -= len(chunk)
+        if self.batch_room < 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Join the gathered chunks, count their line ends, add them to the window."""
+        if not self.batch:
+            return
+        try:
+            block = b"".join(self.batch)
+            self.batch = []
+            self.batch_room = BATCH_BYTES
+            # Deleting one byte value runs at memchr speed; ``count`` is several times
+            # slower (and a multi-byte ``count``, such as of data lines, slower still).
+            self.lines += len(block) - len(block.replace(b"\n", b""))
+            self.keep(block)
+        except Exception as error:
+            self.stop_tailing(error)
+
+
+class _SseTail(_Tail, SseReader):
+    """An ``SseReader`` in tail mode: the end of the stream is read by ``end``."""
+
+    __slots__ = ()
+
+    def end(self) -> None:
+        """Read the events of the window's end; count what tail mode gathered."""
+        self.flush()
+        if self.error is not None:
+            return
+        window = _lf(b"".join(self.blocks))
+        self.blocks.clear()
+        lines = self.lines
+        saved = self.saved
+        if saved is not None:  # the window starts inside an oversized event
+            saved = _lf(saved)
+            at = window.find(_EVENT_END)
+            if at < 0:  # it never ended: not dispatched
+                lines -= saved.count(b"\n")
+                window = b""
+            else:
+                self.oversized(saved, window[: at + 1][-self.tail_bytes :])
+                window = window[at + len(_EVENT_END) :]
+        elif self.evicted and not self.aligned:  # it starts inside an event: skip it
+            at = window.find(_EVENT_END)
+            window = window[at + len(_EVENT_END) :] if at >= 0 else b""
+        self.after_cr = self.skipping = False
+        self.read(_last_part(window, _EVENT_END))
+        if self.pieces:  # counted, but without its blank line it is no event
+            lines -= sum(piece.count(b"\n") for piece in self.pieces)
+        elif self.skipping:
+            lines -= self.head.count(b"\n") + self.window.count(b"\n")
+        self.pieces = []
+        per_event = self.per_event  # rounded to the nearest whole event
+        events = (2 * max(0, lines) + per_event) // (2 * per_event)
+        self.interpreter.events = self.at_switch + events
+
+
 class NdjsonReader(_Reader):
     """Reads ``application/x-ndjson`` and JSON Lines bodies: one line per event."""
 
-    __slots__ = ("fast",)
-
-    def __init__(self, max_event_bytes: int, clock: Callable[[], float]) -> None:
-        super().__init__(max_event_bytes, clock)
-        #: An Ollama stream whose first token is known, with nothing pending: a chunk that
-        #: is one line ending ``"done":false}`` is only counted.
-        self.fast = False
+    __slots__ = ()
 
     def feed(self, chunk: bytes) -> None:
-        """Read one body chunk; never raises. A chunk that is exactly one line is not copied."""
-        if (
-            self.fast
-            and type(chunk) is bytes
-            and chunk.endswith(_OLLAMA_NOT_DONE_LINES)
-            and chunk.find(_LF) == len(chunk) - 1
-        ):
-            self.interpreter.events += 1
-            return
+        """Read one body chunk; never raises. A chunk that is exactly one line is not copied.
+
+        Once the first token is known, the reader switches to tail mode."""
         if self.error is not None:
             return
         try:
-            if (
-                not self.pieces
-                and not self.skipping
-                and type(chunk) is bytes
-                and chunk.find(_LF) == len(chunk) - 1
-            ):
+            if type(chunk) is not bytes:
+                chunk = bytes(chunk)
+            if not self.pieces and not self.skipping and chunk.find(_LF) == len(chunk) - 1:
                 self.line(chunk[:-1])
             else:
-                self.read(chunk if type(chunk) is bytes else bytes(chunk))
-            interpreter = self.interpreter
-            self.fast = (
-                interpreter.format == OLLAMA
-                and interpreter.first_token_at is not None
-                and not self.pieces
-                and not self.skipping
-            )
+                self.read(chunk)
+            if self.may_tail and self.interpreter.first_token_at is not None and not self.skipping:
+                self.tail(b"\n")
+                self.__class__ = _NdjsonTail
         except Exception as error:
             self.failed(error)
-            self.fast = False
 
     def read(self, data: bytes) -> None:
         start = 0
@@ -673,3 +662,39 @@ class NdjsonReader(_Reader):
             self.pieces = []
             self.held = 0
             self.line(line)
+
+
+class _NdjsonTail(_Tail, NdjsonReader):
+    """An ``NdjsonReader`` in tail mode: the end of the stream is read by ``end``."""
+
+    __slots__ = ()
+
+    def end(self) -> None:
+        """Read the lines of the window's end; count what tail mode gathered."""
+        self.flush()
+        if self.error is not None:
+            return
+        window = b"".join(self.blocks)
+        self.blocks.clear()
+        last = window[window.rfind(b"\n") + 1 :]  # a final line without its line end
+        lines = self.lines + (1 if last.strip() else 0)
+        saved = self.saved
+        if saved is not None:  # the window starts inside an oversized line
+            at = window.find(b"\n")
+            if at < 0:
+                self.oversized(saved, window[-self.tail_bytes :])
+                window = b""
+            else:
+                self.oversized(saved, window[:at][-self.tail_bytes :])
+                window = window[at + 1 :]
+        elif self.evicted and not self.aligned:  # it starts inside a line: skip it
+            at = window.find(b"\n")
+            window = window[at + 1 :] if at >= 0 else b""
+        self.skipping = False
+        self.read(_last_part(window, b"\n"))
+        NdjsonReader.end(self)
+        self.interpreter.events = self.at_switch + lines
+
+
+#: The reading class of each tail-mode class, taken back when tail mode fails.
+_FULL: dict[type[_Reader], type[_Reader]] = {_SseTail: SseReader, _NdjsonTail: NdjsonReader}

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 class PayloadSummary:
     """What a reader learned from one stream. Message content is never kept."""
 
-    #: Data events (SSE) or non-blank lines (NDJSON) read, including oversized ones.
+    #: Data events (SSE) or non-blank lines (NDJSON) read, including oversized ones; after
+    #: the first token, counted from line ends (exact when every event has the same
+    #: lines, see ``framing``).
     events: int = 0
     #: Clock value (the reader's clock) of the first event carrying generated content.
     first_token_at: float | None = None
