@@ -66,6 +66,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 
 from otel_stream.payloads.formats import Interpreter
 from otel_stream.payloads.summary import PayloadSummary
@@ -198,16 +199,7 @@ class _Reader:
             return PayloadSummary()
         if self.error is not None and summary.truncated:
             # The reader stopped early: it cannot tell whether the end marker came.
-            return PayloadSummary(
-                events=summary.events,
-                first_token_at=summary.first_token_at,
-                finish_reasons=summary.finish_reasons,
-                input_tokens=summary.input_tokens,
-                output_tokens=summary.output_tokens,
-                format=summary.format,
-                model=summary.model,
-                operation=summary.operation,
-            )
+            return replace(summary, truncated=False)
         return summary
 
     def end(self) -> None:
