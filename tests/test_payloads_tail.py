@@ -288,7 +288,7 @@ def test_a_failure_in_tail_mode_stops_the_reader_and_frees_the_window(
         reader.feed(chunk)
     assert tailing(reader)
 
-    def broken(self: object, block: bytes) -> None:
+    def broken(self: object, *args: object) -> None:
         raise RuntimeError("bug")
 
     monkeypatch.setattr(framing._Reader, "keep", broken)
@@ -302,3 +302,83 @@ def test_a_failure_in_tail_mode_stops_the_reader_and_frees_the_window(
     summary = reader.finish()
     assert not summary.truncated  # it cannot tell whether the end came
     assert replace(summary, events=0).first_token_at == 1.0
+
+
+# Found in review ------------------------------------------------------------------------
+
+
+def chat_event(content: str, *, finish: str | None = None, prefix: bytes = b"") -> bytes:
+    delta = {"content": content} if finish is None else {}
+    return prefix + chat([{"index": 0, "delta": delta, "finish_reason": finish}])
+
+
+def test_events_are_divided_by_the_lines_of_the_events_before_the_switch() -> None:
+    """The last event (a bare ``[DONE]``) has other lines than the ``id:``-led events
+    before it: the count still divides by the lines of those."""
+    role = chat([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}])
+    body = [b"id: 0\n" + role]
+    body += [chat_event(f" w{n}", prefix=b"id: %d\n" % n) for n in range(1000)]
+    body += [chat_event("", finish="stop", prefix=b"id: end\n"), b"data: [DONE]\n\n"]
+    full, tailed = read(body, tail=False), read(body)
+    assert full.events == 1003
+    assert tailed == full
+
+
+def test_an_unfinished_oversized_last_event_is_no_event() -> None:
+    """A stream cut inside a multi-line event larger than the limit: none of its line
+    ends count, also those of its dropped middle."""
+    body = streams.openai_chat(words(50))[:-1]  # no [DONE]
+    body += [b"data: x\n" * 20_000]  # 160 KB of one event, never ended
+    full = read(body, tail=False)
+    tailed = read(body)
+    assert tailed.events == full.events == len(body) - 1  # the cut one is no event
+    assert tailed == full
+
+
+def test_a_reused_bytearray_body_is_read_as_it_was_when_fed() -> None:
+    """An app may send one bytearray, refilled for every chunk (uvicorn accepts it): the
+    reader keeps what each chunk held when it was fed, not the buffer's last contents."""
+    chunks = streams.openai_chat(words(50))
+    reader = reader_for(SSE)
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer[:] = chunk
+        reader.feed(buffer)
+    buffer[:] = b"garbage\n\n"
+    assert reader.finish() == read(chunks, tail=False)
+
+
+def test_a_failure_while_reading_the_end_keeps_what_was_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reader = reader_for(SSE)
+    chunks = streams.openai_chat(words(50))
+    full = read(chunks, tail=False)
+    for chunk in chunks:
+        reader.feed(chunk)
+    assert tailing(reader)
+
+    def broken(self: object, *args: object) -> None:
+        raise RuntimeError("bug in reading the window")
+
+    monkeypatch.setattr(framing.SseReader, "block", broken)
+    summary = reader.finish()
+    assert isinstance(reader.error, RuntimeError)
+    assert summary.format == full.format
+    assert summary.first_token_at == full.first_token_at
+    assert summary.model == full.model
+    assert summary.events == full.events  # counted before the end was read
+    assert not summary.truncated  # it cannot tell whether the end came
+
+
+def test_a_finish_event_before_a_large_last_event_is_read() -> None:
+    """The window keeps the events that start up to 2 KiB before the last one, however
+    large the last one is (within the limit)."""
+    body = streams.openai_chat(words(300))[:-2]  # up to the finish chunk, not usage/[DONE]
+    usage = {"prompt_tokens": 5, "completion_tokens": 300, "total_tokens": 305}
+    big_last = streams.sse(streams.dumps({**streams.chat_chunk([], usage), "pad": "p" * 5000}))
+    body.append(big_last)
+    full, tailed = read(body, tail=False), read(body)
+    assert full.finish_reasons
+    assert full.output_tokens == 300
+    assert tailed == full

@@ -245,3 +245,12 @@ def test_wsgi_requests_of_one_connection_each_get_their_own_attributes(
     with wsgi_servers.serve(app, "waitress") as url:
         requests_through_one_client(url, telemetry, "/sse?count=2")
     assert len(app.kept_attributes.answers) < len(REQUESTS)  # an answer was reused
+
+
+def test_a_query_that_is_not_utf8_is_instrumented_cold_or_warm() -> None:
+    """Contrib decodes the query only for the attribute otel-stream drops: it is not
+    given one, so a request's telemetry never depends on what was kept before."""
+    odd = variant(query_string=b"q=\xff\xfe")
+    cold = answer(middleware(), odd)
+    assert cold == answer(middleware(), BASE)
+    assert "url.query" not in cold[1]

@@ -234,8 +234,10 @@ def _request_attributes(middleware: StreamingMiddleware, scope: Scope) -> Reques
     kept = middleware.kept_attributes
     answer = kept.get(key)
     if answer is None:
+        # Without its query: its only attribute is dropped, and a query that is not UTF-8
+        # would make contrib raise where a kept answer would not.
         attributes: dict[str, Any] = collect_request_attributes(  # type: ignore[no-untyped-call]
-            scope, _StabilityMode.HTTP
+            {**scope, "query_string": b""}, _StabilityMode.HTTP
         )
         method, metric_attributes = finish_request_attributes(
             attributes, scope.get("method"), scope.get("scheme"), scope.get("http_version")

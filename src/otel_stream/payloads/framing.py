@@ -19,9 +19,10 @@ Choices made on purpose (read before "fixing"):
   window keeps at least ``WINDOW_BYTES`` before the start of the last event and the last
   event whole, up to ``WINDOW_BYTES + max_event_bytes`` in all; beyond that the last
   event's first 4 KiB are saved and it is read at the end as an oversized event (its
-  saved head and the window's end). ``finish()`` frames and reads the events that start
-  in the window's last ``WINDOW_BYTES`` (and the last event), from an event boundary,
-  with the same interpreter: it already holds the format, model and first token. Memory
+  saved head and the window's end). ``finish()`` frames and reads the last event and the
+  events that start at most ``WINDOW_BYTES`` before it, from an event boundary, with the
+  same interpreter: it already holds the format, model and first token. If that reading
+  fails, the summary keeps what was read before it (and the events counted). Memory
   in tail mode: the batch (references to chunks: ``BATCH_BYTES`` and one chunk), the
   window (``WINDOW_BYTES``, the last event up to ``max_event_bytes``, and the newest
   block, which is never dropped: one batch, or one chunk larger than ``BATCH_BYTES``,
@@ -37,7 +38,8 @@ Choices made on purpose (read before "fixing"):
 * **Tail mode counts events from line ends.** ``http.stream.events`` after the switch
   is the number of line ends divided by the line ends of the last event read before it
   (2 for ``data: ...\\n\\n``, 3 with an ``event:`` line; 1 for NDJSON), rounded to the
-  nearest whole event, minus those of an unfinished last event. That is exact for every
+  nearest whole event, minus all those of an unfinished last event (an oversized one's
+  dropped middle included: the count at each event's start is kept). That is exact for every
   server's stream in the test corpus, whatever the chunking, since each writes every
   event with the same lines; it is approximate when later events have other lines:
   a comment-only event (``: ping``) counts as ``2/k`` of an event (one in a stream of
@@ -104,15 +106,13 @@ def _lf(data: bytes) -> bytes:
 
 
 def _last_part(window: bytes, end: bytes) -> bytes:
-    """The end of ``window`` worth reading: the events (``end``-separated) that start in
-    its last ``WINDOW_BYTES``, and always the whole last one."""
-    if len(window) <= WINDOW_BYTES:
+    """The end of ``window`` worth reading: the last event (``end``-separated) whole, and
+    the events that start at most ``WINDOW_BYTES`` before it."""
+    last = window.rfind(end, 0, len(window) - 1)  # where the last event begins
+    if last <= WINDOW_BYTES:
         return window
-    cut = window.find(end, len(window) - WINDOW_BYTES)
-    last = window.rfind(end, 0, len(window) - 1)
-    if cut < 0 or cut > last:
-        cut = last
-    return window[cut + len(end) :] if cut >= 0 else window
+    cut = window.find(end, last - WINDOW_BYTES)  # found: ``last`` is one
+    return window[cut + len(end) :]
 
 
 class _Reader:
@@ -140,6 +140,7 @@ class _Reader:
         "held",
         "interpreter",
         "lines",
+        "lines_at_start",
         "max_event_bytes",
         "may_tail",
         "needle",
@@ -151,6 +152,7 @@ class _Reader:
         "skipping",
         "start_at",
         "start_seq",
+        "switch_per_event",
         "tail_bytes",
         "total",
         "window",
@@ -192,7 +194,10 @@ class _Reader:
         """The summary of everything fed so far."""
         try:
             if self.error is None:
-                self.end()
+                try:
+                    self.end()
+                except Exception as error:  # reading the end failed: keep what was read
+                    self.failed(error)
             summary = self.interpreter.summary()
         except Exception as error:
             self.failed(error)
@@ -252,20 +257,25 @@ class _Reader:
         self.total = 0  # bytes in ``blocks``
         self.seq = 0  # number of the newest block
         self.lines = 0  # line ends counted since the switch
+        #: Line ends per event of the last event read before the switch: the divisor of
+        #: the count (the events read at the end set ``per_event`` again).
+        self.switch_per_event = self.per_event
         self.needle = needle  # what ends an event (or line) in the raw bytes
         # Where the last event begins: its block's number and offset (the window begins
         # with an event).
         self.start_seq = 1
         self.start_at = 0
+        self.lines_at_start = 0  # line ends counted before the last event begins
         self.evicted = False  # a block was dropped: the window may start inside an event
         self.aligned = False  # the last block dropped ended an event: the window does not
         self.saved: bytes | None = None  # first bytes of an event begun before the window
         self.saved_end = 0  # the block where that event ended (0: not yet)
 
-    def keep(self, block: bytes) -> None:
+    def keep(self, block: bytes, lines_before: int) -> None:
         """Add ``block`` to the window, then drop the oldest blocks the window can spare:
         it keeps ``WINDOW_BYTES`` before the start of the last event, and the last event
-        whole unless it outgrows ``max_event_bytes`` (then only its first bytes)."""
+        whole unless it outgrows ``max_event_bytes`` (then only its first bytes and the
+        window's end). ``lines_before``: the line ends counted before ``block``."""
         seq = self.seq = self.seq + 1
         needle = self.needle
         blocks = self.blocks
@@ -273,6 +283,7 @@ class _Reader:
         if at >= 0:
             self.start_seq = seq
             self.start_at = at + len(needle)
+            self.lines_at_start = lines_before + block.count(b"\n", 0, self.start_at)
             if self.saved is not None and not self.saved_end:
                 self.saved_end = seq  # the event whose first bytes were saved has ended
         else:  # a boundary split between the last block and this one, or none
@@ -282,6 +293,7 @@ class _Reader:
             if at >= 0 and start < len(block):
                 self.start_seq = seq
                 self.start_at = start
+                self.lines_at_start = lines_before + block.count(b"\n", 0, start)
             if (
                 self.saved is not None
                 and not self.saved_end
@@ -290,10 +302,18 @@ class _Reader:
                 self.saved_end = seq
         blocks.append(block)
         total = self.total + len(block)
-        while len(blocks) > 1 and total - len(blocks[0]) >= WINDOW_BYTES:
+        while len(blocks) > 1:
             first = seq - len(blocks) + 1
+            rest = total - len(blocks[0])  # what the window keeps without the oldest block
+            if first < self.start_seq:  # the oldest block is all before the last event
+                # bytes from the start of the last event to the end
+                since = sum(len(blocks[k]) for k in range(self.start_seq - first, len(blocks)))
+                if rest - (since - self.start_at) < WINDOW_BYTES:
+                    break
+            elif rest < WINDOW_BYTES:
+                break
             if first == self.start_seq:  # the last event begins in the oldest block
-                if total - len(blocks[0]) < WINDOW_BYTES + self.max_event_bytes:
+                if rest < WINDOW_BYTES + self.max_event_bytes:
                     break
                 saved = blocks[0][self.start_at :]
                 if len(saved) < self.head_bytes:
@@ -524,6 +544,8 @@ class _Tail(_Reader):
 
     def feed(self, chunk: bytes) -> None:
         """Gather one body chunk; never raises."""
+        if type(chunk) is not bytes:  # a bytearray the app may reuse, a memoryview
+            chunk = bytes(chunk)
         self.batch.append(chunk)
         self.batch_room -= len(chunk)
         if self.batch_room < 0:
@@ -539,8 +561,9 @@ class _Tail(_Reader):
             self.batch_room = BATCH_BYTES
             # Deleting one byte value runs at memchr speed; ``count`` is several times
             # slower (and a multi-byte ``count``, such as of data lines, slower still).
-            self.lines += len(block) - len(block.replace(b"\n", b""))
-            self.keep(block)
+            before = self.lines
+            self.lines = before + len(block) - len(block.replace(b"\n", b""))
+            self.keep(block, before)
         except Exception as error:
             self.stop_tailing(error)
 
@@ -555,15 +578,21 @@ class _SseTail(_Tail, SseReader):
         self.flush()
         if self.error is not None:
             return
+        per_event = self.switch_per_event
+
+        def count(lines: int) -> int:  # rounded to the nearest whole event
+            return self.at_switch + (2 * max(0, lines) + per_event) // (2 * per_event)
+
+        self.interpreter.events = count(self.lines)  # kept if reading the end fails
         window = _lf(b"".join(self.blocks))
         self.blocks.clear()
-        lines = self.lines
+        unfinished = False  # the stream ends inside an event: it is no event
         saved = self.saved
         if saved is not None:  # the window starts inside an oversized event
             saved = _lf(saved)
             at = window.find(_EVENT_END)
             if at < 0:  # it never ended: not dispatched
-                lines -= saved.count(b"\n")
+                unfinished = True
                 window = b""
             else:
                 self.oversized(saved, window[: at + 1][-self.tail_bytes :])
@@ -573,14 +602,12 @@ class _SseTail(_Tail, SseReader):
             window = window[at + len(_EVENT_END) :] if at >= 0 else b""
         self.after_cr = self.skipping = False
         self.read(_last_part(window, _EVENT_END))
-        if self.pieces:  # counted, but without its blank line it is no event
-            lines -= sum(piece.count(b"\n") for piece in self.pieces)
-        elif self.skipping:
-            lines -= self.head.count(b"\n") + self.window.count(b"\n")
+        if self.pieces or self.skipping:
+            unfinished = True
         self.pieces = []
-        per_event = self.per_event  # rounded to the nearest whole event
-        events = (2 * max(0, lines) + per_event) // (2 * per_event)
-        self.interpreter.events = self.at_switch + events
+        # An unfinished last event's line ends were counted: all of them, also those of
+        # an oversized one whose middle was dropped, came after its start.
+        self.interpreter.events = count(self.lines_at_start if unfinished else self.lines)
 
 
 class NdjsonReader(_Reader):
@@ -670,6 +697,7 @@ class _NdjsonTail(_Tail, NdjsonReader):
         self.blocks.clear()
         last = window[window.rfind(b"\n") + 1 :]  # a final line without its line end
         lines = self.lines + (1 if last.strip() else 0)
+        self.interpreter.events = self.at_switch + lines  # kept if reading the end fails
         saved = self.saved
         if saved is not None:  # the window starts inside an oversized line
             at = window.find(b"\n")
