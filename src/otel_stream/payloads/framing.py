@@ -271,11 +271,11 @@ class _Reader:
         self.saved: bytes | None = None  # first bytes of an event begun before the window
         self.saved_end = 0  # the block where that event ended (0: not yet)
 
-    def keep(self, block: bytes, lines_before: int) -> None:
+    def keep(self, block: bytes) -> None:
         """Add ``block`` to the window, then drop the oldest blocks the window can spare:
         it keeps ``WINDOW_BYTES`` before the start of the last event, and the last event
         whole unless it outgrows ``max_event_bytes`` (then only its first bytes and the
-        window's end). ``lines_before``: the line ends counted before ``block``."""
+        window's end). ``lines`` already counts the line ends of ``block``."""
         seq = self.seq = self.seq + 1
         needle = self.needle
         blocks = self.blocks
@@ -283,7 +283,8 @@ class _Reader:
         if at >= 0:
             self.start_seq = seq
             self.start_at = at + len(needle)
-            self.lines_at_start = lines_before + block.count(b"\n", 0, self.start_at)
+            # counted from the start to the end: the last event, a few hundred bytes
+            self.lines_at_start = self.lines - block.count(b"\n", self.start_at)
             if self.saved is not None and not self.saved_end:
                 self.saved_end = seq  # the event whose first bytes were saved has ended
         else:  # a boundary split between the last block and this one, or none
@@ -293,7 +294,7 @@ class _Reader:
             if at >= 0 and start < len(block):
                 self.start_seq = seq
                 self.start_at = start
-                self.lines_at_start = lines_before + block.count(b"\n", 0, start)
+                self.lines_at_start = self.lines - block.count(b"\n", start)
             if (
                 self.saved is not None
                 and not self.saved_end
@@ -561,9 +562,8 @@ class _Tail(_Reader):
             self.batch_room = BATCH_BYTES
             # Deleting one byte value runs at memchr speed; ``count`` is several times
             # slower (and a multi-byte ``count``, such as of data lines, slower still).
-            before = self.lines
-            self.lines = before + len(block) - len(block.replace(b"\n", b""))
-            self.keep(block, before)
+            self.lines += len(block) - len(block.replace(b"\n", b""))
+            self.keep(block)
         except Exception as error:
             self.stop_tailing(error)
 
