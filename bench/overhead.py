@@ -751,34 +751,63 @@ def _ratio(value: float) -> str:
     return f"{value:.2f}x" if math.isfinite(value) else "n/a (upstream added nothing measurable)"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Overhead of ASGI instrumentations.")
+@dataclass(frozen=True)
+class Sizes:
+    """How much one run measures (the options both in-process benches share)."""
+
+    rounds: int
+    chunks: int
+    streams: int
+    requests: int
+
+    @property
+    def short_chunks(self) -> int:
+        """The chunks of the short byte stream that splits the cost per stream."""
+        return min(10, self.chunks // 2)
+
+    @property
+    def short_streams(self) -> int:
+        """Short streams per block: about a quarter of the long streams' chunks."""
+        return max(1, self.streams * self.chunks // self.short_chunks // 4)
+
+
+def parse_sizes(description: str, item: str, argv: Sequence[str] | None) -> Sizes:
+    """The command line of an in-process bench; ``item``: what a single response sends."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--rounds", type=int, help="timed rounds (default 21, quick 5)")
     parser.add_argument("--chunks", type=int, default=1000, help="chunks per stream (1000)")
     parser.add_argument("--streams", type=int, help="streams per timed block (4, quick 1)")
     parser.add_argument(
-        "--requests", type=int, help="single-chunk requests per timed block (1000, quick 200)"
+        "--requests", type=int, help=f"single-{item} requests per timed block (1000, quick 200)"
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller blocks")
     args = parser.parse_args(argv)
-    rounds = args.rounds or (5 if args.quick else 21)
-    streams = args.streams or (1 if args.quick else 4)
-    requests = args.requests or (200 if args.quick else 1000)
-    if min(rounds, streams, requests) < 1 or args.chunks < 20:
+    sizes = Sizes(
+        rounds=args.rounds or (5 if args.quick else 21),
+        chunks=args.chunks,
+        streams=args.streams or (1 if args.quick else 4),
+        requests=args.requests or (200 if args.quick else 1000),
+    )
+    if min(sizes.rounds, sizes.streams, sizes.requests) < 1 or sizes.chunks < 20:
         parser.error("--rounds, --streams and --requests must be >= 1, --chunks >= 20")
-    short_chunks = min(10, args.chunks // 2)
+    return sizes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    sizes = parse_sizes("Overhead of ASGI instrumentations.", "chunk", argv)
+    rounds, streams, requests = sizes.rounds, sizes.streams, sizes.requests
 
     drops = DropCounter()
     logging.getLogger("opentelemetry.sdk._shared_internal").addFilter(drops)
     corpus = load_corpus()
-    tokens = max(1, args.chunks - 8)  # the events around the content deltas
+    tokens = max(1, sizes.chunks - 8)  # the events around the content deltas
     shapes = {name: build(tokens) for name, build in corpus.SHAPES.items()}
     workloads = {
-        "stream": byte_stream(args.chunks, streams),
-        "short": byte_stream(short_chunks, max(1, streams * args.chunks // short_chunks // 4)),
+        "stream": byte_stream(sizes.chunks, streams),
+        "short": byte_stream(sizes.short_chunks, sizes.short_streams),
         "request": single_chunk(requests),
         "fresh": single_chunk(requests, new_connections=True),
-        "sse": sse_stream(args.chunks, streams),
+        "sse": sse_stream(sizes.chunks, streams),
     }
     shape_workloads = {
         "single-event": single_event(requests),
@@ -806,7 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"otel-stream overhead benchmark: {rounds} rounds; a block is {streams} x "
-        f"{args.chunks:,}-chunk streams or {requests:,} single-chunk requests; "
+        f"{sizes.chunks:,}-chunk streams or {requests:,} single-chunk requests; "
         f"{perf_counter() - began:.0f} s\n"
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {versions}"
     )

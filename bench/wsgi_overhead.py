@@ -24,7 +24,6 @@ the targets are met or not.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib.metadata
 import io
@@ -34,7 +33,7 @@ import os
 import statistics
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import perf_counter, perf_counter_ns
 from typing import Any
 
@@ -42,7 +41,16 @@ from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as Contri
 
 # bench/ is on sys.path when a script runs: the telemetry set-up and the OpenAI events
 # are the ASGI benchmark's, so the two measure alike.
-from overhead import DropCounter, Providers, openai_events, payload_reader_exists
+from overhead import (
+    DropCounter,
+    Providers,
+    Report,
+    Result,
+    _cost,
+    openai_events,
+    parse_sizes,
+    payload_reader_exists,
+)
 
 from otel_stream import StreamingWSGIMiddleware
 from otel_stream.attributes import STREAM_CHUNKS, STREAM_EVENTS
@@ -178,21 +186,6 @@ def serve_one(app: WSGIApp, sink: Callable[[bytes], None] | None = None) -> None
 # Measuring -----------------------------------------------------------------------------
 
 
-@dataclass
-class Result:
-    """Per row: nanoseconds per request in each round, garbage, spans per request."""
-
-    ns_per_request: dict[str, list[float]] = field(default_factory=dict)
-    garbage: dict[str, list[float]] = field(default_factory=dict)
-    spans: dict[str, int] = field(default_factory=dict)
-
-    def added(self, row: str) -> tuple[float, float]:
-        bare = self.ns_per_request[BARE]
-        added = [mine - base for mine, base in zip(self.ns_per_request[row], bare, strict=True)]
-        middle = statistics.median(added)
-        return middle, statistics.median(abs(value - middle) for value in added)
-
-
 def time_block(app: WSGIApp, requests: int) -> int:
     gc.collect()
     gc.disable()
@@ -250,37 +243,6 @@ def measure(workload: Workload, providers: Providers, rounds: int) -> Result:
 
 
 # Report --------------------------------------------------------------------------------
-
-
-@dataclass
-class Report:
-    results: dict[str, Result]
-    workloads: dict[str, Workload]
-
-    def per_chunk(self, key: str, row: str) -> tuple[float, float]:
-        middle, spread = self.results[key].added(row)
-        chunks = self.workloads[key].chunks
-        return middle / chunks, spread / chunks
-
-    def per_request(self, row: str) -> tuple[float, float]:
-        middle, spread = self.results["request"].added(row)
-        return middle / 1_000, spread / 1_000
-
-    def split(self, row: str) -> tuple[float, float]:
-        """(µs fixed per stream, ns per extra chunk), from byte streams of two lengths."""
-        long, short = self.workloads["stream"], self.workloads["short"]
-        long_ns = self.results["stream"].added(row)[0]
-        short_ns = self.results["short"].added(row)[0]
-        marginal = (long_ns - short_ns) / (long.chunks - short.chunks)
-        return (short_ns - marginal * short.chunks) / 1_000, marginal
-
-
-def ratio(value: float, baseline: float) -> float:
-    return value / baseline if baseline > 0 else math.inf
-
-
-def _cost(value: tuple[float, float], digits: int) -> str:
-    return f"{value[0]:,.{digits}f} ± {value[1]:,.{digits}f}"
 
 
 def _ratio(value: float) -> str:
@@ -341,22 +303,22 @@ def target_table(report: Report) -> list[str]:
     checks = [
         (
             "per chunk, byte stream",
-            ratio(report.per_chunk("stream", OTEL_STREAM)[0], contrib_chunk),
+            report.ratio(report.per_chunk("stream", OTEL_STREAM)[0], contrib_chunk),
             TARGET_PER_CHUNK,
         ),
         (
             "per request",
-            ratio(report.per_request(OTEL_STREAM)[0], contrib_request),
+            report.ratio(report.per_request(OTEL_STREAM)[0], contrib_request),
             TARGET_PER_REQUEST,
         ),
         (
             "per chunk, OpenAI SSE, payload parsing on",
-            ratio(report.per_chunk("sse", OTEL_STREAM)[0], contrib_sse),
+            report.ratio(report.per_chunk("sse", OTEL_STREAM)[0], contrib_sse),
             TARGET_PER_CHUNK,
         ),
         (
             "per chunk, OpenAI SSE, payload parsing off",
-            ratio(report.per_chunk("sse", OTEL_STREAM_NO_PAYLOADS)[0], contrib_sse),
+            report.ratio(report.per_chunk("sse", OTEL_STREAM_NO_PAYLOADS)[0], contrib_sse),
             TARGET_PER_CHUNK,
         ),
     ]
@@ -367,7 +329,7 @@ def target_table(report: Report) -> list[str]:
     for label, value, target in checks:
         verdict = "PASS" if value <= target else "FAIL"
         lines.append(f"| {label} | {_ratio(value)} | <= {target}x | {verdict} |")
-    marginal = ratio(report.split(OTEL_STREAM)[1], report.split(CONTRIB)[1])
+    marginal = report.ratio(report.split(OTEL_STREAM)[1], report.split(CONTRIB)[1])
     lines.append(
         f"| (for information) cost per extra chunk, byte stream | {_ratio(marginal)} | | |"
     )
@@ -375,29 +337,16 @@ def target_table(report: Report) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Overhead of WSGI instrumentations.")
-    parser.add_argument("--rounds", type=int, help="timed rounds (default 21, quick 5)")
-    parser.add_argument("--chunks", type=int, default=1000, help="chunks per stream (1000)")
-    parser.add_argument("--streams", type=int, help="streams per timed block (4, quick 1)")
-    parser.add_argument(
-        "--requests", type=int, help="single-item requests per timed block (1000, quick 200)"
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller blocks")
-    args = parser.parse_args(argv)
-    rounds = args.rounds or (5 if args.quick else 21)
-    streams = args.streams or (1 if args.quick else 4)
-    requests = args.requests or (200 if args.quick else 1000)
-    if min(rounds, streams, requests) < 1 or args.chunks < 20:
-        parser.error("--rounds, --streams and --requests must be >= 1, --chunks >= 20")
-    short_chunks = min(10, args.chunks // 2)
+    sizes = parse_sizes("Overhead of WSGI instrumentations.", "item", argv)
+    rounds, streams, requests = sizes.rounds, sizes.streams, sizes.requests
 
     drops = DropCounter()
     logging.getLogger("opentelemetry.sdk._shared_internal").addFilter(drops)
     workloads = {
-        "stream": byte_stream(args.chunks, streams),
-        "short": byte_stream(short_chunks, max(1, streams * args.chunks // short_chunks // 4)),
+        "stream": byte_stream(sizes.chunks, streams),
+        "short": byte_stream(sizes.short_chunks, sizes.short_streams),
         "request": single_item(requests),
-        "sse": sse_stream(args.chunks, streams),
+        "sse": sse_stream(sizes.chunks, streams),
     }
     providers = Providers()
     began = perf_counter()
@@ -412,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in packages)
     print(
         f"otel-stream WSGI overhead benchmark: {rounds} rounds; a block is {streams} x "
-        f"{args.chunks:,}-chunk streams or {requests:,} single-item requests; "
+        f"{sizes.chunks:,}-chunk streams or {requests:,} single-item requests; "
         f"{perf_counter() - began:.0f} s\n"
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {versions}"
     )
