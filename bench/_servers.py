@@ -1,5 +1,6 @@
 """What the benchmark scripts share: starting a process in a process group of its own,
-waiting for a server to accept connections, and stopping the whole group.
+waiting for a server to accept connections, stopping the whole group, and the parts of
+the load benchmarks' server apps that do not depend on the transport.
 
 Choices made on purpose: every process a benchmark starts leads a new session
 (``start_new_session=True``) and is stopped with ``os.killpg``, so a server that forks
@@ -49,3 +50,42 @@ def wait_ready(process: subprocess.Popen[Any], port: int, timeout: float = 30.0)
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("server did not start")
+
+
+#: The start of a load benchmark's server app: the SDK, the stream's size and pace from
+#: the environment, the SSE event it repeats, and an exporter that only counts.
+APP_PRELUDE = """
+import os
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+CHUNKS = int(os.environ["BENCH_CHUNKS"])
+INTERVAL = float(os.environ["BENCH_INTERVAL"])
+EVENT = (
+    b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}\\n\\n'
+)
+
+
+class CountingExporter(SpanExporter):
+    def __init__(self):
+        self.spans = 0
+
+    def export(self, spans):
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+"""
+
+#: After the app: the providers every instrumented row gets, and the row to serve.
+APP_PROVIDERS = """
+tracer_provider = TracerProvider()
+tracer_provider.add_span_processor(
+    BatchSpanProcessor(CountingExporter(), max_queue_size=1_000_000, schedule_delay_millis=500)
+)
+meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+providers = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
+row = os.environ["BENCH_ROW"]
+"""

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _servers, also when imported
-from _servers import start, stop, wait_ready
+from _servers import APP_PRELUDE, APP_PROVIDERS, start, stop, wait_ready
 
 BARE = "bare uvicorn"
 OTEL_STREAM = "otel-stream"
@@ -75,31 +75,10 @@ ROW_KEYS = {
     UPSTREAM_EXCLUDE: "exclude",
 }
 
-SERVER_APP = """
+SERVER_APP = (
+    APP_PRELUDE
+    + """
 import asyncio
-import os
-
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-
-
-CHUNKS = int(os.environ["BENCH_CHUNKS"])
-INTERVAL = float(os.environ["BENCH_INTERVAL"])
-EVENT = (
-    b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
-    b'"choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}\\n\\n'
-)
-
-
-class CountingExporter(SpanExporter):
-    def __init__(self):
-        self.spans = 0
-
-    def export(self, spans):
-        self.spans += len(spans)
-        return SpanExportResult.SUCCESS
 
 
 async def sse(scope, receive, send):
@@ -113,15 +92,9 @@ async def sse(scope, receive, send):
         await asyncio.sleep(INTERVAL)
     await send({"type": "http.response.body", "body": b"data: [DONE]\\n\\n", "more_body": True})
     await send({"type": "http.response.body", "body": b""})
-
-
-tracer_provider = TracerProvider()
-tracer_provider.add_span_processor(
-    BatchSpanProcessor(CountingExporter(), max_queue_size=1_000_000, schedule_delay_millis=500)
-)
-meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-providers = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
-row = os.environ["BENCH_ROW"]
+"""
+    + APP_PROVIDERS
+    + """
 if row == "bare":
     app = sse
 elif row.startswith("otel-stream"):
@@ -132,6 +105,7 @@ else:
     extra = {"exclude_spans": ["send", "receive"]} if row == "exclude" else {}
     app = OpenTelemetryMiddleware(sse, **providers, **extra)
 """
+)
 
 
 # The load generator (runs in its own process) ------------------------------------------

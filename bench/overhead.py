@@ -623,18 +623,27 @@ def target_table(report: Report) -> list[str]:
             TARGET_PER_CHUNK,
         ),
     ]
-    lines = [
-        "| otel-stream's added cost / upstream-with-exclude_spans' added cost | ratio "
-        "| target | verdict |",
-        "|---|---|---|---|",
-    ]
-    for label, value, target in checks:
-        verdict = "PASS" if value <= target else "FAIL"
-        lines.append(f"| {label} | {_ratio(value)} | <= {target}x | {verdict} |")
     marginal = report.ratio(report.split(OTEL_STREAM)[1], upstream_marginal)
-    lines.append(
-        f"| (for information) cost per extra chunk, byte stream | {_ratio(marginal)} | | |"
+    return verdict_table(
+        "otel-stream's added cost / upstream-with-exclude_spans' added cost",
+        checks,
+        marginal,
+        _ratio,
     )
+
+
+def verdict_table(
+    title: str,
+    checks: Sequence[tuple[str, float, float]],
+    marginal: float,
+    show: Callable[[float], str],
+) -> list[str]:
+    """The targets table: each check's ratio and verdict, then the cost per extra chunk
+    for information. ``show`` writes a ratio."""
+    lines = [f"| {title} | ratio | target | verdict |", "|---|---|---|---|"]
+    for label, value, target in checks:
+        lines.append(f"| {label} | {show(value)} | <= {target}x | {_verdict(value, target)} |")
+    lines.append(f"| (for information) cost per extra chunk, byte stream | {show(marginal)} | | |")
     return lines
 
 

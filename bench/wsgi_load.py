@@ -32,7 +32,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from _servers import start, stop, wait_ready  # bench/ is on sys.path when a script runs
+from _servers import (  # bench/ is on sys.path when a script runs
+    APP_PRELUDE,
+    APP_PROVIDERS,
+    start,
+    stop,
+    wait_ready,
+)
 from load import Generator, cpu_seconds, free_port, percentile
 
 BARE = "bare gunicorn gthread"
@@ -47,30 +53,10 @@ ROW_KEYS = {
     CONTRIB: "contrib",
 }
 
-SERVER_APP = """
-import os
+SERVER_APP = (
+    APP_PRELUDE
+    + """
 import time
-
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-
-CHUNKS = int(os.environ["BENCH_CHUNKS"])
-INTERVAL = float(os.environ["BENCH_INTERVAL"])
-EVENT = (
-    b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
-    b'"choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}\\n\\n'
-)
-
-
-class CountingExporter(SpanExporter):
-    def __init__(self):
-        self.spans = 0
-
-    def export(self, spans):
-        self.spans += len(spans)
-        return SpanExportResult.SUCCESS
 
 
 def events():
@@ -84,15 +70,9 @@ def events():
 def sse(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/event-stream")])
     return events()
-
-
-tracer_provider = TracerProvider()
-tracer_provider.add_span_processor(
-    BatchSpanProcessor(CountingExporter(), max_queue_size=1_000_000, schedule_delay_millis=500)
-)
-meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-providers = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
-row = os.environ["BENCH_ROW"]
+"""
+    + APP_PROVIDERS
+    + """
 if row == "bare":
     app = sse
 elif row.startswith("otel-stream"):
@@ -102,6 +82,7 @@ else:
     from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
     app = OpenTelemetryMiddleware(sse, **providers)
 """
+)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

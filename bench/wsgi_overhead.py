@@ -50,6 +50,7 @@ from overhead import (
     openai_events,
     parse_sizes,
     payload_reader_exists,
+    verdict_table,
 )
 
 from otel_stream import StreamingWSGIMiddleware
@@ -322,18 +323,10 @@ def target_table(report: Report) -> list[str]:
             TARGET_PER_CHUNK,
         ),
     ]
-    lines = [
-        "| otel-stream's added cost / contrib WSGI's added cost | ratio | target | verdict |",
-        "|---|---|---|---|",
-    ]
-    for label, value, target in checks:
-        verdict = "PASS" if value <= target else "FAIL"
-        lines.append(f"| {label} | {_ratio(value)} | <= {target}x | {verdict} |")
     marginal = report.ratio(report.split(OTEL_STREAM)[1], report.split(CONTRIB)[1])
-    lines.append(
-        f"| (for information) cost per extra chunk, byte stream | {_ratio(marginal)} | | |"
+    return verdict_table(
+        "otel-stream's added cost / contrib WSGI's added cost", checks, marginal, _ratio
     )
-    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
