@@ -233,6 +233,25 @@ def _model(upstream: str, request: Request) -> str:
     return upstream + request.headers.get("x-relay-upstream-prefix", "")
 
 
+def _httpx_relayed(response: Any, client: Any, delay: float | None = None) -> StreamingResponse:
+    """A relay's answer: the upstream httpx stream passed on as it arrives (its first
+    chunk held back ``delay`` seconds, when given), then the response and client closed."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            first = True
+            async for chunk in response.aiter_raw():
+                if first and delay is not None:
+                    await asyncio.sleep(delay)
+                first = False
+                yield chunk
+        finally:
+            await response.aclose()
+            await client.aclose()
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
 def relay_app(upstream: str) -> Starlette:
     """An OpenAI-compatible gateway that passes an upstream stream on, three ways:
     ``/openai/v1``, ``/httpx/v1`` and ``/aiohttp/v1`` are its base URLs; ``/twice/v1``
@@ -275,15 +294,7 @@ def relay_app(upstream: str) -> Starlette:
         )
         response = await client.send(upstream_request, stream=True)
 
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in response.aiter_raw():
-                    yield chunk
-            finally:
-                await response.aclose()
-                await client.aclose()
-
-        return StreamingResponse(body(), media_type="text/event-stream")
+        return _httpx_relayed(response, client)
 
     async def with_aiohttp(request: Request) -> Response:
         import aiohttp
@@ -318,19 +329,7 @@ def relay_app(upstream: str) -> Starlette:
         )
         response = await client.send(upstream_request, stream=True)
 
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                first = True
-                async for chunk in response.aiter_raw():
-                    if first:
-                        await asyncio.sleep(delay)
-                        first = False
-                    yield chunk
-            finally:
-                await response.aclose()
-                await client.aclose()
-
-        return StreamingResponse(body(), media_type="text/event-stream")
+        return _httpx_relayed(response, client, delay)
 
     async def anthropic_pass_through(request: Request) -> Response:
         """The Messages API passed through byte for byte with ``httpx.AsyncClient``."""
@@ -345,15 +344,7 @@ def relay_app(upstream: str) -> Starlette:
         )
         response = await client.send(upstream_request, stream=True)
 
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in response.aiter_raw():
-                    yield chunk
-            finally:
-                await response.aclose()
-                await client.aclose()
-
-        return StreamingResponse(body(), media_type="text/event-stream")
+        return _httpx_relayed(response, client)
 
     return Starlette(
         routes=[
